@@ -1,0 +1,1 @@
+"""Experiment glue used by ``train.py``: model/tokenizer factories, adapters, training loop wiring, result records."""
