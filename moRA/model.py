@@ -1,0 +1,60 @@
+"""``MoraModel``: the PEFT tuner that puts a MoRA layer on every targeted module."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from transformers.pytorch_utils import Conv1D
+
+from .config import MoraConfig
+from .layer import MoraLayer, MoraLinear
+
+
+class MoraModel(BaseTuner):
+    """Adds MoRA adapters to a model; used through ``peft.get_peft_model(model, MoraConfig(...))``.
+
+    Without ``target_modules`` the defaults are PEFT's LoRA defaults for the architecture; the paper adapts all seven
+    LLaMA projections (q, k, v, o, gate, up, down), which our configs list explicitly.
+    """
+
+    prefix: str = "mora_"
+    tuner_layer_cls = MoraLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(self, mora_config: MoraConfig, adapter_name, target, target_name, parent,
+                            current_key, **optional_kwargs):
+        if current_key is None:
+            raise ValueError("current_key must not be None")
+        kwargs = {
+            "r": mora_config.r,
+            "mora_type": mora_config.mora_type,
+            "mora_dropout": mora_config.mora_dropout,
+            "fan_in_fan_out": mora_config.fan_in_fan_out,
+            "init_weights": mora_config.init_weights,
+        }
+        if isinstance(target, MoraLayer):
+            target.update_layer(adapter_name, kwargs["r"], kwargs["mora_type"], kwargs["mora_dropout"],
+                                init_weights=kwargs["init_weights"])
+            return
+        new_module = self._create_new_module(adapter_name, target, current_key, **kwargs)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added, inactive adapter is not trainable
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(adapter_name, target, current_key, **kwargs):
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, torch.nn.Linear):
+            if kwargs["fan_in_fan_out"]:
+                warnings.warn(f"fan_in_fan_out=True does not apply to nn.Linear '{current_key}'; using False")
+                kwargs["fan_in_fan_out"] = False
+        elif isinstance(base, Conv1D):
+            kwargs["fan_in_fan_out"] = True  # Conv1D stores its weight as (in, out)
+        else:
+            raise TypeError(
+                f"MoRA supports torch.nn.Linear and transformers Conv1D layers; target module '{current_key}' is "
+                f"{type(base).__module__}.{type(base).__name__}"
+            )
+        return MoraLinear(target, adapter_name, **kwargs)

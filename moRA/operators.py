@@ -1,0 +1,385 @@
+"""MoRA's parameter-free compression / decompression operators and the ΔW they induce.
+
+This is the one file to read for the paper's equations (arXiv 2405.12130, §3; official code kongds/MoRA).
+Pure tensor functions: no ``nn.Module``, no PEFT. Row-vector convention: an input ``x: (..., k)`` maps to an
+output ``(..., d)``; a weight in ``nn.Linear`` layout is ``W: (d, k)`` and ``h = x @ W.T``.
+
+MoRA keeps one square trainable matrix ``M: (r̂, r̂)`` and computes ``Δh = f_decomp(M · f_comp(x))``. Because both
+operators are linear and parameter-free, the update is a matrix ``ΔW: (d, k)`` that can be merged into ``W``.
+
+Types (official integers in brackets; ``r`` below is r̂):
+
+=====================  ===================================  =======================================
+name                   compression  f_comp: (…, k) → (…, r)   decompression  f_decomp: (…, r) → (…, d)
+=====================  ===================================  =======================================
+``sharing`` [1]        strided sum: c[j] = Σ_{i≡j (mod r)}     tile: out[o] = u[o mod r]
+                       x_ext[i]  (paper Eq. 6)
+``contiguous`` [2]     r contiguous groups, summed             repeat_interleave over d (contiguous groups)
+``contiguous_tile`` [3] contiguous groups                      tile
+``sharing_interleave`` strided sum                             repeat_interleave
+[4]
+``rope`` [6]           blocks of r features, block b rotated   blocks concatenated, cut to d (tiled when
+                       by RoPE at position b (paper Eq. 9);    d > n·r)
+                       M applied to every block
+``decouple``           blocks of r features, no rotation       as ``rope``
+``truncation``         c = x[:r]                               out = [u; 0] (cut to d)
+=====================  ===================================  =======================================
+
+Wrap-around padding (types 1, 4, 6, decouple): when ``k`` is not a multiple of ``r``, ``x`` is extended to
+``n·r`` features (``n = ⌈k/r⌉``) with ``x_ext[i] = x[i mod k]``, i.e. by appending copies of x's own first
+features, as the official code does (it appends ``x[..., :r − k mod r]``; the modulo form also covers r > k).
+
+Contiguous groups (types 2, 3): with ``q = k // r`` and ``m = k − r·q``, the first ``m`` groups hold ``q+1``
+consecutive features and the other ``r − m`` hold ``q``. Over the output, repeat_interleave uses the same rule
+with ``d`` in place of ``k``.
+
+RoPE (type 6): half-split convention (GPT-NeoX / HF Llama), ``θ_i = 10000^(−2i/r)`` for ``i < r/2``,
+``R_b x = x·cos(bθ) + rotate_half(x)·sin(bθ)`` with ``rotate_half(v) = [−v_{r/2:}, v_{:r/2}]``. Since the
+rotation acts on the input block, ``M·R_b·x_b = (M R_b)·x_b``: we rotate ``M`` (an elementwise op on ``n·r²``
+numbers) instead of ``x``, and compute only the ``⌈min(d, n·r)/r⌉`` blocks whose output reaches ``h``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# --------------------------------------------------------------------------------------------------------------
+# Type names
+# --------------------------------------------------------------------------------------------------------------
+MORA_TYPES: tuple[str, ...] = (
+    "sharing",
+    "contiguous",
+    "contiguous_tile",
+    "sharing_interleave",
+    "rope",
+    "decouple",
+    "truncation",
+)
+OFFICIAL_TYPE_ALIASES: dict[int, str] = {1: "sharing", 2: "contiguous", 3: "contiguous_tile", 4: "sharing_interleave", 6: "rope"}
+TYPE_TO_OFFICIAL: dict[str, int] = {v: k for k, v in OFFICIAL_TYPE_ALIASES.items()}
+AUTO_ROPE_BELOW_R = 64
+"""``mora_type="auto"`` follows the paper: RoPE (type 6) for small ranks (r = 8), sharing (type 1) for large ranks
+(r = 256). The paper states no threshold; we switch at r = 64 (r < 64 → rope, r ≥ 64 → sharing, so the pretraining
+runs at r = 128 use sharing, which ReMoRA's 1→2→3→4 cycle starts from)."""
+
+_COMPRESSION = {
+    "sharing": "strided",
+    "sharing_interleave": "strided",
+    "contiguous": "contiguous",
+    "contiguous_tile": "contiguous",
+    "truncation": "truncate",
+}
+_DECOMPRESSION = {
+    "sharing": "tile",
+    "contiguous_tile": "tile",
+    "contiguous": "interleave",
+    "sharing_interleave": "interleave",
+    "truncation": "truncate",
+}
+BLOCK_TYPES = ("rope", "decouple")
+
+
+def canonical_mora_type(mora_type: str | int, r: int | None = None) -> str:
+    """Resolve a type given as a name, an official integer (1, 2, 3, 4, 6; also as a string) or ``"auto"``."""
+    if isinstance(mora_type, bool):
+        raise ValueError(f"unknown mora_type {mora_type!r}; valid: {', '.join(MORA_TYPES)}, 1, 2, 3, 4, 6 or 'auto'")
+    if isinstance(mora_type, str) and mora_type.strip().lstrip("-").isdigit():
+        mora_type = int(mora_type.strip())
+    if isinstance(mora_type, int):
+        if mora_type not in OFFICIAL_TYPE_ALIASES:
+            raise ValueError(
+                f"unknown mora_type {mora_type}; the official integers are 1, 2, 3, 4 and 6 "
+                f"(or use a name: {', '.join(MORA_TYPES)})"
+            )
+        return OFFICIAL_TYPE_ALIASES[mora_type]
+    if isinstance(mora_type, str):
+        name = mora_type.strip().lower()
+        if name == "auto":
+            if r is None:
+                raise ValueError("mora_type='auto' needs the LoRA-equivalent rank r to choose a type")
+            return "rope" if r < AUTO_ROPE_BELOW_R else "sharing"
+        if name in MORA_TYPES:
+            return name
+    raise ValueError(f"unknown mora_type {mora_type!r}; valid: {', '.join(MORA_TYPES)}, 1, 2, 3, 4, 6 or 'auto'")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rank and parameter counts
+# --------------------------------------------------------------------------------------------------------------
+def mora_rank(d: int, k: int, r: int, mora_type: str | int = "sharing") -> int:
+    """r̂ for a ``d × k`` layer at LoRA-equivalent rank ``r``: ``int(√((d+k)·r) + 0.5)`` (the official rounding; the
+    paper writes ⌊·⌋), made even for the block types (RoPE needs pairs). r̂ may exceed min(d, k): that is allowed and
+    exact (the update is then full-rank and some of M's entries are aliased)."""
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"MoRA rank r must be a positive integer, got {r!r}")
+    if d <= 0 or k <= 0:
+        raise ValueError(f"layer shape must be positive, got d={d}, k={k}")
+    r_hat = int(math.sqrt((d + k) * r) + 0.5)
+    if canonical_mora_type(mora_type, r) in BLOCK_TYPES:
+        r_hat = r_hat // 2 * 2
+    if r_hat <= 0:
+        raise ValueError(f"r={r} gives r̂=0 for a {d}×{k} layer (the block types need r̂ ≥ 2)")
+    return r_hat
+
+
+def lora_param_count(d: int, k: int, r: int) -> int:
+    """Trainable parameters of LoRA at rank ``r`` on a ``d × k`` layer: (d + k)·r."""
+    return (d + k) * r
+
+
+def mora_param_count(d: int, k: int, r: int, mora_type: str | int = "sharing") -> int:
+    """Trainable parameters of MoRA at LoRA-equivalent rank ``r``: r̂²."""
+    return mora_rank(d, k, r, mora_type) ** 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compression: (..., k) -> (..., r)
+# --------------------------------------------------------------------------------------------------------------
+def _wrap_index(length: int, k: int, device) -> torch.Tensor:
+    return torch.arange(length, device=device) % k
+
+
+def compress_strided(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Type 1/4 compression: sum of the r-sized chunks of the wrap-padded ``x``. ``x: (..., k) → (..., r)``.
+
+    No padded copy of ``x`` is made: the full chunks are summed through a view and the last, partial chunk is
+    completed with x's first features."""
+    k = x.shape[-1]
+    q, rem = divmod(k, r)
+    if q == 0:  # r > k: the single chunk is x repeated around
+        return x[..., _wrap_index(r, k, x.device)]
+    c = x[..., : q * r].unflatten(-1, (q, r)).sum(-2)
+    if rem:
+        c = c + torch.cat([x[..., q * r :], x[..., : r - rem]], dim=-1)
+    return c
+
+
+def _contiguous_sizes(total: int, r: int) -> tuple[int, int, int]:
+    """(q, m, split): the first m groups hold q+1 items (``split = m·(q+1)`` items), the other r−m hold q."""
+    q, m = divmod(total, r)
+    return q, m, m * (q + 1)
+
+
+def compress_contiguous(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Type 2/3 compression: r groups of consecutive features, each summed. ``x: (..., k) → (..., r)``."""
+    q, m, split = _contiguous_sizes(x.shape[-1], r)
+    head = x[..., :split].unflatten(-1, (m, q + 1)).sum(-1)
+    tail = x[..., split:].unflatten(-1, (r - m, q)).sum(-1)
+    return torch.cat([head, tail], dim=-1)
+
+
+def compress_truncate(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Truncation: the first r features (zero-padded when k < r). ``x: (..., k) → (..., r)``."""
+    k = x.shape[-1]
+    if k >= r:
+        return x[..., :r]
+    return torch.nn.functional.pad(x, (0, r - k))
+
+
+def compress(x: torch.Tensor, r: int, mora_type: str) -> torch.Tensor:
+    """f_comp of a sharing-family type or truncation. ``x: (..., k) → (..., r)``."""
+    kind = _COMPRESSION[mora_type]
+    if kind == "strided":
+        return compress_strided(x, r)
+    if kind == "contiguous":
+        return compress_contiguous(x, r)
+    return compress_truncate(x, r)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decompression, added in place: out (..., d) += f_decomp(u), u: (..., r)
+# --------------------------------------------------------------------------------------------------------------
+def add_tiled_(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``out[..., o] += u[..., o mod r]`` (type 1/3 decompression) without materialising the tiled vector."""
+    d, r = out.shape[-1], u.shape[-1]
+    p, s = divmod(d, r)
+    if p:
+        out[..., : p * r].unflatten(-1, (p, r)).add_(u.unsqueeze(-2))
+    if s:
+        out[..., p * r :].add_(u[..., :s])
+    return out
+
+
+def add_interleaved_(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``out += repeat_interleave(u)`` over contiguous groups of the output (type 2/4 decompression): the first
+    ``d − r·(d//r)`` entries of u are repeated d//r + 1 times, the rest d//r times."""
+    d, r = out.shape[-1], u.shape[-1]
+    p, s, split = _contiguous_sizes(d, r)
+    if s:
+        out[..., :split].unflatten(-1, (s, p + 1)).add_(u[..., :s].unsqueeze(-1))
+    if p:
+        out[..., split:].unflatten(-1, (r - s, p)).add_(u[..., s:].unsqueeze(-1))
+    return out
+
+
+def add_truncated_(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``out[..., :r] += u`` (truncation decompression: [u; 0], cut to d)."""
+    n = min(out.shape[-1], u.shape[-1])
+    out[..., :n].add_(u[..., :n])
+    return out
+
+
+def add_decompressed_(out: torch.Tensor, u: torch.Tensor, mora_type: str) -> torch.Tensor:
+    kind = _DECOMPRESSION[mora_type]
+    if kind == "tile":
+        return add_tiled_(out, u)
+    if kind == "interleave":
+        return add_interleaved_(out, u)
+    return add_truncated_(out, u)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Block types (rope, decouple)
+# --------------------------------------------------------------------------------------------------------------
+def num_blocks(k: int, r: int) -> int:
+    """n = ⌈k / r⌉ input blocks of the wrap-padded x."""
+    return -(-k // r)
+
+
+def num_output_blocks(d: int, k: int, r: int) -> int:
+    """Blocks whose output reaches h: ⌈min(d, n·r) / r⌉ (the others are cut away and need not be computed)."""
+    return -(-min(d, num_blocks(k, r) * r) // r)
+
+
+def rope_tables(n_blocks: int, r: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """cos/sin of the block rotations, stacked: ``(2, n_blocks, r/2)``; angle(b, i) = b · 10000^(−2i/r)."""
+    if r % 2:
+        raise ValueError(f"RoPE needs an even r̂, got {r}")
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, r, 2, dtype=torch.float64, device=device) / r))
+    angles = torch.arange(n_blocks, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
+    return torch.stack([angles.cos(), angles.sin()]).to(dtype)
+
+
+def rotate_matrix_blocks(M: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """``(M R_b)`` for every block b: ``M: (r, r)``, ``tables: (2, n, r/2)`` → ``(n, r, r)``.
+
+    With ``R_b x = x·cos + rotate_half(x)·sin`` (half-split), the columns of ``M R_b`` are
+    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``."""
+    half = M.shape[-1] // 2
+    cos, sin = tables[0].unsqueeze(1), tables[1].unsqueeze(1)  # (n, 1, r/2)
+    m1, m2 = M[:, :half], M[:, half:]
+    return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
+
+
+def block_matrices(M: torch.Tensor, mora_type: str, n_blocks: int, tables: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-block maps of a block type: ``(n, r, r)`` (rope: M R_b; decouple: M for every block, a view)."""
+    if mora_type == "rope":
+        if tables is None:
+            tables = rope_tables(n_blocks, M.shape[-1], M.device, M.dtype)
+        return rotate_matrix_blocks(M, tables[:, :n_blocks].to(M.dtype))
+    return M.unsqueeze(0).expand(n_blocks, -1, -1)
+
+
+def gather_input_blocks(x: torch.Tensor, r: int, n_out: int) -> torch.Tensor:
+    """The first ``n_out`` r-sized blocks of the wrap-padded x: ``(..., k) → (..., n_out, r)``. A view when they
+    lie inside x; only a block that wraps around is gathered."""
+    k = x.shape[-1]
+    full = min(n_out, k // r)
+    parts = []
+    if full:
+        parts.append(x[..., : full * r].unflatten(-1, (full, r)))
+    if n_out > full:
+        idx = _wrap_index((n_out - full) * r, k, x.device) + full * r
+        parts.append(x[..., idx % k].unflatten(-1, (n_out - full, r)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
+def add_block_branch_(out: torch.Tensor, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``out (..., d) += f_decomp(blockwise(x))`` for the block types. ``blocks: (n_out, r, r)`` maps input block b to
+    output block b; the flattened ``n_out·r`` outputs are cut to d, or tiled when d exceeds ``n·r``."""
+    d, k = out.shape[-1], x.shape[-1]
+    n_out, r = blocks.shape[0], blocks.shape[-1]
+    xb = gather_input_blocks(x, r, n_out)  # (..., n_out, r)
+    lead = xb.shape[:-2]
+    xb = xb.reshape(-1, n_out, r).transpose(0, 1)  # (n_out, N, r)
+    z = torch.bmm(xb, blocks.transpose(1, 2)).transpose(0, 1)  # (N, n_out, r)
+    z = z.reshape(*lead, n_out * r)
+    width = num_blocks(k, r) * r
+    if d <= width:
+        out.add_(z[..., :d])
+        return out
+    return add_tiled_(out, z)  # d > n·r: n_out = n, tile the flattened n·r outputs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole branch and its ΔW
+# --------------------------------------------------------------------------------------------------------------
+def add_mora_branch_(out: torch.Tensor, x: torch.Tensor, M: torch.Tensor, mora_type: str,
+                     tables: torch.Tensor | None = None) -> torch.Tensor:
+    """``out (..., d) += f_decomp(M · f_comp(x))`` in place; ``x: (..., k)``, ``M: (r, r)``, ``tables`` the RoPE
+    cos/sin (``rope_tables``) for type rope. ``x`` must already have M's dtype."""
+    r = M.shape[-1]
+    if mora_type in BLOCK_TYPES:
+        n_out = num_output_blocks(out.shape[-1], x.shape[-1], r)
+        return add_block_branch_(out, x, block_matrices(M, mora_type, n_out, tables))
+    u = compress(x, r, mora_type) @ M.T
+    return add_decompressed_(out, u, mora_type)
+
+
+def mora_branch(x: torch.Tensor, M: torch.Tensor, d: int, mora_type: str) -> torch.Tensor:
+    """``f_decomp(M · f_comp(x))``: ``x: (..., k) → (..., d)`` (a fresh tensor; reference form of the branch)."""
+    mora_type = canonical_mora_type(mora_type)
+    out = x.new_zeros(*x.shape[:-1], d, dtype=M.dtype)
+    return add_mora_branch_(out, x.to(M.dtype), M, mora_type)
+
+
+def _compression_pairs(k: int, r: int, mora_type: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature index, slot index) pairs such that ``c[slot] = Σ x[feature]`` over the pairs."""
+    kind = _COMPRESSION[mora_type]
+    if kind == "strided":
+        i = torch.arange(num_blocks(k, r) * r, device=device)
+        return i % k, i % r
+    if kind == "contiguous":
+        q, m, split = _contiguous_sizes(k, r)
+        f = torch.arange(k, device=device)
+        slot = torch.where(f < split, f // (q + 1), m + (f - split) // max(q, 1))
+        return f, slot
+    f = torch.arange(min(k, r), device=device)
+    return f, f
+
+
+def _decompression_rows(d: int, r: int, mora_type: str, device) -> torch.Tensor:
+    """For every output o, the slot of u it reads (``-1``: none, a zero row)."""
+    kind = _DECOMPRESSION[mora_type]
+    o = torch.arange(d, device=device)
+    if kind == "tile":
+        return o % r
+    if kind == "interleave":
+        p, s, split = _contiguous_sizes(d, r)
+        return torch.where(o < split, o // (p + 1), s + (o - split) // max(p, 1))
+    return torch.where(o < r, o, torch.full_like(o, -1))
+
+
+def delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW: ``(d, k)``, the matrix of ``x ↦ f_decomp(M · f_comp(x))`` (so ``x @ ΔW.T`` equals the branch). Built with
+    index operations only (no Python loop over features or blocks); computed in M's dtype."""
+    mora_type = canonical_mora_type(mora_type)
+    r = M.shape[-1]
+    if mora_type in BLOCK_TYPES:
+        return _block_delta_weight(M, d, k, mora_type, tables)
+    feat, slot = _compression_pairs(k, r, mora_type, M.device)
+    mc = M.new_zeros(r, k).index_add_(1, feat, M[:, slot])  # M · C: (r, k)
+    rows = _decompression_rows(d, r, mora_type, M.device)
+    if bool((rows < 0).any()):
+        mc = torch.cat([mc, mc.new_zeros(1, k)])  # row r = the zero row
+        rows = torch.where(rows < 0, torch.full_like(rows, r), rows)
+    if _DECOMPRESSION[mora_type] == "tile":
+        reps = -(-d // r)
+        return mc.repeat(reps, 1)[:d] if reps > 1 else mc[:d].clone()
+    return mc.index_select(0, rows)
+
+
+def _block_delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None) -> torch.Tensor:
+    r = M.shape[-1]
+    n_out = num_output_blocks(d, k, r)
+    blocks = block_matrices(M, mora_type, n_out, tables)  # (n_out, r, r)
+    # Output row b·r + a, input position b·r + t (wrapped to feature (b·r + t) mod k) gets blocks[b, a, t].
+    cols = (torch.arange(n_out, device=M.device)[:, None] * r + torch.arange(r, device=M.device)[None, :]) % k
+    z = M.new_zeros(n_out, r, k)
+    z.scatter_add_(2, cols[:, None, :].expand(n_out, r, r), blocks.contiguous())
+    z = z.reshape(n_out * r, k)
+    if d <= z.shape[0]:
+        return z[:d] if d < z.shape[0] else z
+    reps = -(-d // z.shape[0])
+    return z.repeat(reps, 1)[:d]
