@@ -110,6 +110,14 @@ class _FactorScheduler(LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
 
+    def load_state_dict(self, state_dict) -> None:
+        """Restore the step and put the optimizer's LR where the schedule says (also without its state)."""
+        super().load_state_dict(state_dict)
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
 
 class OfficialRestartScheduler(_FactorScheduler):
     """The official ReMoRA schedule: warmup, cosine to 0; after each merge drop to 0, re-warm linearly over
