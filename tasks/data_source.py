@@ -1,0 +1,83 @@
+"""Load the rows of a Hugging Face dataset, or of a local copy in the same schema, failing fast and in one line.
+
+``load_rows(hf_name=..., data_path=...)``:
+- ``data_path`` given (a .jsonl/.json/.parquet/.csv file, a glob, or a directory holding such files): read it with
+  ``datasets.load_dataset(<format>, data_files=...)``; a missing path is a ``TaskDataError`` naming it.
+- otherwise the hub dataset ``hf_name`` (config, split). Offline without a cached copy, or with the network
+  unreachable, this raises a one-line ``TaskDataError`` naming the dataset and how to provide it (download command
+  and the config key to set). When ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` is not set, a 3-second reachability
+  probe of huggingface.co runs first so an unplugged machine fails in seconds instead of hanging in retries.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from tasks.base import TaskDataError
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co accepts a TCP connection within ``timeout`` seconds."""
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def local_data_files(data_path: str | os.PathLike, what: str, key: str) -> tuple[str, list[str]]:
+    """(datasets builder name, absolute file list) of a local file, glob or directory."""
+    path = Path(os.path.expanduser(str(data_path)))
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix in _FORMATS)
+    else:
+        files = sorted(glob.glob(str(path))) if any(c in str(path) for c in "*?[") else ([str(path)] if path.exists() else [])
+    if not files:
+        raise TaskDataError(f"{what}: {key}={data_path} does not exist or holds no .jsonl/.json/.parquet/.csv file")
+    formats = {_FORMATS.get(Path(f).suffix) for f in files}
+    if len(formats) != 1 or None in formats:
+        raise TaskDataError(f"{what}: {key}={data_path} mixes or has unsupported file types: {sorted(map(str, formats))}")
+    return formats.pop(), [str(Path(f).resolve()) for f in files]
+
+
+def how_to_get(hf_name: str, key: str, config: str | None = None) -> str:
+    cfg = f" (config {config})" if config else ""
+    return (f"download it with `huggingface-cli download --repo-type dataset {hf_name} --local-dir DIR`{cfg} "
+            f"and set {key}=DIR/<file or folder>")
+
+
+def load_rows(*, hf_name: str | None, split: str = "train", config: str | None = None,
+              data_path: str | os.PathLike | None = None, what: str = "dataset", key: str = "task.data_path") -> Any:
+    """A ``datasets.Dataset`` with the rows of the local copy (if given) or of the hub dataset.
+
+    ``what`` names the data in messages ("MetaMathQA training data"), ``key`` is the config key to point at a
+    local copy ("task.data_path")."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if data_path:
+        builder, files = local_data_files(data_path, what, key)
+        try:
+            return datasets.load_dataset(builder, data_files={"data": files}, split="data")
+        except Exception as exc:  # malformed JSON etc.
+            raise TaskDataError(f"{what}: cannot read {key}={data_path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not hf_name:
+        raise TaskDataError(f"{what}: no dataset name and no {key} given")
+    if not _offline() and not hub_reachable():
+        raise TaskDataError(f"{what}: cannot reach huggingface.co to load '{hf_name}' and no local copy is configured; "
+                            + how_to_get(hf_name, key, config))
+    try:
+        return datasets.load_dataset(hf_name, config, split=split)
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise TaskDataError(f"{what}: cannot load '{hf_name}'{'/' + config if config else ''} split '{split}' "
+                            f"({type(exc).__name__}: {reason}); " + how_to_get(hf_name, key, config)) from None

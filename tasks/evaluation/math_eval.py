@@ -1,0 +1,108 @@
+"""GSM8K / MATH evaluation of task=math through lm-eval (see ``tasks/math.py`` for the suites and metric names)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.base import TaskDataError
+from tasks.data_source import _offline, how_to_get, hub_reachable, local_data_files
+from tasks.evaluation.eval_model import evaluation_model
+from tasks.evaluation.lm_eval_runner import (
+    generation_of, load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
+)
+from tasks.evaluation.lm_eval_tasks import mora_scorers
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+HUB_NAMES = {"gsm8k": ("openai/gsm8k", "main"), "math": ("EleutherAI/hendrycks_math", None)}
+
+
+def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def _one_file(path: str, what: str, key: str) -> str:
+    _, files = local_data_files(path, what, key)
+    if len(files) != 1:
+        raise TaskDataError(f"{what}: {key}={path} must be a single file, found {len(files)}")
+    return files[0]
+
+
+def suite_specs(suite: str, cfg: Mapping) -> list[dict]:
+    """lm-eval task dicts of ``suite`` ("gsm8k" | "math") for the configured data source."""
+    suite_cfg = _get(cfg, suite, {})
+    template = load_task_template(f"mora_{suite}")
+    gen = dict(template["generation_kwargs"])
+    gen["max_gen_toks"] = int(_get(cfg, "max_gen_toks", gen["max_gen_toks"]))
+    template["generation_kwargs"] = gen
+    data_path = _get(suite_cfg, "data_path")
+    key = f"task.eval.{suite}.data_path"
+    if data_path:
+        return [with_local_data(template, _one_file(data_path, f"{suite} evaluation data", key))]
+    hub_name, config = HUB_NAMES[suite]
+    if not _offline() and not hub_reachable():
+        raise TaskDataError(f"{suite} evaluation data: cannot reach huggingface.co to load '{hub_name}' and no local "
+                            f"copy is configured; " + how_to_get(hub_name, key, config))
+    if suite == "gsm8k":
+        return [template]
+    subjects = _get(suite_cfg, "subjects", MATH_SUBJECTS)
+    return [dict(template, dataset_name=s, task=f"mora_math_{s}") for s in subjects]
+
+
+def _describe(suite: str, samples: list[dict]) -> list[dict]:
+    describe = getattr(mora_scorers, f"describe_{suite}")
+    return [dict(describe(s["doc"], generation_of(s)), doc_id=s.get("doc_id")) for s in samples]
+
+
+def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> dict[str, float]:
+    suites = list(_get(cfg, "suites", ["gsm8k", "math"]))
+    limit = _get(cfg, "limit")
+    results: dict[str, float] = {}
+    with evaluation_model(model) as eval_model:
+        lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
+                     max_length=_get(cfg, "max_length"))
+        for suite in suites:
+            if suite.startswith("lm_eval:"):
+                results.update(_stock(lm, suite.split(":", 1)[1], limit, output_dir))
+                continue
+            if suite not in HUB_NAMES:
+                raise ValueError(f"task.eval.suites: unknown suite {suite!r}; known: gsm8k, math, lm_eval:<task>")
+            specs = suite_specs(suite, cfg)
+            try:
+                metrics, samples = run_tasks(lm, specs, limit=limit)
+            except TaskDataError:
+                raise
+            except Exception as exc:
+                if _get(_get(cfg, suite, {}), "data_path"):
+                    raise
+                hub_name, config = HUB_NAMES[suite]
+                raise TaskDataError(f"{suite} evaluation data: lm-eval could not load '{hub_name}' "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                                    + how_to_get(hub_name, f'task.eval.{suite}.data_path', config)) from None
+            names = [s["task"] for s in specs]
+            results[suite] = micro_average(metrics, samples, names, "acc")
+            if output_dir is not None:
+                records = [r for name in names for r in _describe(suite, samples.get(name, []))]
+                write_samples(Path(output_dir) / "samples" / f"{suite}.jsonl", records)
+    return results
+
+
+def _stock(lm, name: str, limit, output_dir: Path | None) -> dict[str, float]:
+    """lm-eval's own task ``name`` (its prompt, few-shot and scoring), every numeric metric as ``lm_eval/name/m``."""
+    try:
+        metrics, samples = run_tasks(lm, [name], limit=limit, include_defaults=True)
+    except Exception as exc:
+        raise TaskDataError(f"lm-eval task {name!r} failed to load or run ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it needs its hub dataset "
+                            f"(network or HF cache)") from None
+    out = {f"lm_eval/{task}/{metric}": value for task, row in metrics.items() for metric, value in row.items()}
+    if output_dir is not None:
+        for task, rows in samples.items():
+            write_samples(Path(output_dir) / "samples" / f"lm_eval_{task}.jsonl",
+                          ({"doc": r.get("doc"), "arguments": r.get("arguments"), "generation": r.get("filtered_resps"),
+                            "target": r.get("target"), **{m: r.get(m) for m in metrics.get(task, {})}} for r in rows))
+    return out

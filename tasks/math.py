@@ -1,0 +1,81 @@
+"""task=math: MetaMathQA fine-tuning with the Alpaca prompt, evaluated zero-shot on GSM8K and MATH.
+
+Training rows (meta-math/MetaMathQA: ``query``, ``response``, ``type``, ``original_question``) become
+``[BOS] alpaca_prompt(query) | " " response [EOS]`` with the loss on the response and EOS only (``labels`` = -100 on
+the prompt), cut at ``max_length`` (512) tokens. Bad rows are skipped and counted in ``TaskData.info``:
+``n_skipped_missing_field`` (no query/response or not a string), ``n_skipped_empty`` (blank query/response), plus the
+over-length rules of ``tasks.supervised.build_examples`` (``overlong=truncate`` default, or ``skip``).
+
+Evaluation (``cfg.eval.suites``), each a metric of the result record:
+- ``gsm8k``: the repository's lm-eval task ``mora_gsm8k`` (openai/gsm8k "main" test, or a local JSONL in that schema);
+- ``math``: ``mora_math`` over the seven EleutherAI/hendrycks_math subjects (or a local JSONL in that schema),
+  micro-averaged over problems;
+- ``lm_eval:<name>`` (e.g. ``lm_eval:gsm8k``, ``lm_eval:minerva_math``): lm-eval's stock task, reported as
+  ``<name>/<metric>`` for every numeric metric lm-eval returns (its own prompt and few-shot defaults).
+Every generation is written to ``<output_dir>/samples/<suite>.jsonl`` with the extracted answer and correctness.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.alpaca_prompt import RESPONSE_SEPARATOR, alpaca_prompt
+from tasks.base import Task, TaskData, TaskDataError
+from tasks.data_source import load_rows
+from tasks.supervised import EOS, PaddingCollator, build_examples, pad_token_id_of
+
+
+
+def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def metamath_segments(row: Mapping[str, Any]) -> list | str:
+    """Segments of one MetaMathQA row, or the skip reason ("missing_field" / "empty")."""
+    query, response = row.get("query"), row.get("response")
+    if not isinstance(query, str) or not isinstance(response, str):
+        return "missing_field"
+    if not query.strip() or not response.strip():
+        return "empty"
+    return [(alpaca_prompt(query), False), (RESPONSE_SEPARATOR + response.strip(), True), (EOS, True)]
+
+
+class MathTask(Task):
+    name = "math"
+
+    def prepare(self, tokenizer) -> TaskData:
+        cfg = self.cfg
+        rows = load_rows(hf_name=_get(cfg, "dataset", "meta-math/MetaMathQA"), config=_get(cfg, "dataset_config"),
+                         split=_get(cfg, "split", "train"), data_path=_get(cfg, "data_path"),
+                         what="MetaMathQA training data", key="task.data_path")
+        limit = _get(cfg, "max_train_samples")
+        if limit is not None:
+            rows = rows.select(range(min(int(limit), len(rows))))
+        skipped = {"n_skipped_missing_field": 0, "n_skipped_empty": 0}
+        segment_lists = []
+        for row in rows:
+            seg = metamath_segments(row)
+            if isinstance(seg, str):
+                skipped[f"n_skipped_{seg}"] += 1
+                segment_lists.append(None)
+            else:
+                segment_lists.append(seg)
+        examples, info = build_examples(tokenizer, segment_lists, max_length=int(_get(cfg, "max_length", 512)),
+                                        overlong=_get(cfg, "overlong", "truncate"))
+        info.update(skipped, n_rows=len(rows))
+        if not examples:
+            raise TaskDataError(f"MetaMathQA training data: no usable example among {len(rows)} rows ({info})")
+        import datasets
+
+        train = datasets.Dataset.from_list(examples)
+        return TaskData(train=train, collator=PaddingCollator(pad_token_id_of(tokenizer)), eval=None, info=info)
+
+    def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
+        from tasks.evaluation.math_eval import evaluate_math_suites
+
+        return evaluate_math_suites(model, tokenizer, _get(self.cfg, "eval", {}), output_dir)
+
+

@@ -1,0 +1,121 @@
+"""Supervised fine-tuning examples: text segments → ``input_ids`` and ``labels`` with the prompt masked.
+
+A training example is a list of segments ``(text, scored)``; ``EOS`` stands for the tokenizer's end-of-sequence
+token. Each segment is tokenized on its own (no special tokens) and the pieces are concatenated after an optional
+BOS, so the boundary between prompt and target is exact at the token level: ``labels[i] = input_ids[i]`` for tokens
+of scored segments and ``-100`` elsewhere (the causal-LM shift happens inside the model).
+
+Over-long examples (``len > max_length``) follow ``overlong``:
+- ``"truncate"`` (default): keep the first ``max_length`` tokens (what the paper's "cut-off" means);
+- ``"skip"``: drop the example.
+An example whose kept part contains no scored token is dropped in both cases. ``build_examples`` counts every drop
+in ``info`` so nothing is silently lost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+IGNORE_INDEX = -100
+
+
+class _Eos:
+    def __repr__(self) -> str:
+        return "EOS"
+
+
+EOS = _Eos()
+Segment = tuple[object, bool]   # (str | EOS, scored)
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def n_scored(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def tokenize_segments(tokenizer, segments: Sequence[Segment], max_length: int | None = None,
+                      add_bos: bool = True) -> TokenizedExample:
+    """Token ids and labels of ``segments`` (see module docstring). ``input_ids``: (L,), ``labels``: (L,)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if add_bos and bos is not None:
+        ids.append(bos)
+        labels.append(IGNORE_INDEX)
+    for text, scored in segments:
+        if text is EOS:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has no eos_token_id; an EOS segment cannot be encoded")
+            piece = [tokenizer.eos_token_id]
+        else:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids.extend(piece)
+        labels.extend(piece if scored else [IGNORE_INDEX] * len(piece))
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return TokenizedExample(ids, labels, truncated)
+
+
+def build_examples(tokenizer, segment_lists: Iterable[Sequence[Segment] | None], max_length: int,
+                   overlong: str = "truncate", add_bos: bool = True) -> tuple[list[dict], dict]:
+    """Rows ``{"input_ids", "labels", "attention_mask"}`` and counts ``{"n_train", "n_truncated",
+    "n_skipped_overlong", "n_skipped_no_target"}``. ``None`` entries (rows rejected upstream) are passed through
+    as already counted by the caller."""
+    if overlong not in ("truncate", "skip"):
+        raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
+    rows, info = [], {"n_truncated": 0, "n_skipped_overlong": 0, "n_skipped_no_target": 0}
+    for segments in segment_lists:
+        if segments is None:
+            continue
+        ex = tokenize_segments(tokenizer, segments, max_length=None, add_bos=add_bos)
+        if len(ex.input_ids) > max_length:
+            if overlong == "skip":
+                info["n_skipped_overlong"] += 1
+                continue
+            ex = TokenizedExample(ex.input_ids[:max_length], ex.labels[:max_length], True)
+            info["n_truncated"] += 1
+        if ex.n_scored == 0:
+            info["n_skipped_no_target"] += 1
+            continue
+        rows.append({"input_ids": ex.input_ids, "labels": ex.labels, "attention_mask": [1] * len(ex.input_ids)})
+    info["n_train"] = len(rows)
+    return rows, info
+
+
+class PaddingCollator:
+    """Right-pads ``input_ids`` (with ``pad_token_id``), ``attention_mask`` (0) and ``labels`` (-100) to the
+    longest row of the batch. Returns ``{"input_ids": (B, L), "attention_mask": (B, L), "labels": (B, L)}``."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for r in rows:
+            n = len(r["input_ids"])
+            pad = length - n
+            batch["input_ids"].append(list(r["input_ids"]) + [self.pad_token_id] * pad)
+            batch["attention_mask"].append(list(r.get("attention_mask", [1] * n)) + [0] * pad)
+            batch["labels"].append(list(r["labels"]) + [IGNORE_INDEX] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+def pad_token_id_of(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (padding is masked out of attention and loss either way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token")
+    return pad
