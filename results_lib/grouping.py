@@ -1,0 +1,122 @@
+"""Grouping runs into settings, mean ± std over seeds, and choosing the learning rate of a learning-rate sweep.
+
+A *setting* is (task, model, adapter, r, mora_type, lr); its runs differ only in the seed. A *method* is a setting
+without the lr: when a method was run at several learning rates, the tables and figures show the lr whose mean
+metric is best (ties broken by the lower mean final ``train_loss``, then the smaller lr) and say which lr that was.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Iterable, NamedTuple
+
+from .naming import adapter_sort_key, model_sort_key, mora_type_sort_key, r_sort_key
+from .records import RunRecord
+
+
+class MethodKey(NamedTuple):
+    task: str
+    model: str
+    adapter: str
+    r: int | None
+    mora_type: str | None
+
+    def sort_key(self) -> tuple:
+        return (self.task, model_sort_key(self.model), adapter_sort_key(self.adapter), r_sort_key(self.r),
+                mora_type_sort_key(self.mora_type))
+
+
+def method_key(record: RunRecord) -> MethodKey:
+    return MethodKey(record.task, record.model, record.adapter, record.r, record.mora_type)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof = 1; 0.0 when n = 1) of one metric over ``n`` seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def aggregate(values: Iterable[float | None]) -> Stat | None:
+    """Stat of the non-None values, or None when there are none."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return Stat(statistics.fmean(present), std, len(present))
+
+
+def latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One run per (setting, seed): a setting re-run with the same seed keeps its most recent record
+    (by ``created``, then path), so a repeated run is not counted as an extra seed."""
+    best: dict[tuple, RunRecord] = {}
+    for record in records:
+        key = (method_key(record), record.lr, record.seed)
+        current = best.get(key)
+        if current is None or (record.created, record.path) > (current.created, current.path):
+            best[key] = record
+    return sorted(best.values(), key=lambda rec: rec.path)
+
+
+def group_methods(records: Iterable[RunRecord]) -> dict[MethodKey, dict[float, list[RunRecord]]]:
+    """``{method: {lr: [runs of that setting, one per seed, sorted by seed]}}`` in display order."""
+    groups: dict[MethodKey, dict[float, list[RunRecord]]] = {}
+    for record in latest_per_seed(records):
+        groups.setdefault(method_key(record), {}).setdefault(record.lr, []).append(record)
+    ordered = {}
+    for key in sorted(groups, key=MethodKey.sort_key):
+        ordered[key] = {lr: sorted(runs, key=lambda rec: rec.seed) for lr, runs in sorted(groups[key].items())}
+    return ordered
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The chosen lr of one method and every candidate lr with its Stat (None when no run has the metric)."""
+
+    lr: float
+    candidates: tuple[tuple[float, Stat | None], ...]
+
+    @property
+    def swept(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunRecord], float | None],
+              higher_is_better: bool) -> LrChoice:
+    """The lr whose runs have the best mean ``value`` (ties: lower mean final train_loss, then smaller lr).
+
+    An lr none of whose runs has a value ranks last; when no lr has one the smallest lr is returned.
+    """
+    def loss_mean(runs: list[RunRecord]) -> float:
+        stat = aggregate(run.final.get("train_loss") for run in runs)
+        return stat.mean if stat is not None else float("inf")
+
+    candidates = []
+    ranking = []
+    for lr, runs in sorted(runs_by_lr.items()):
+        stat = aggregate(value(run) for run in runs)
+        candidates.append((lr, stat))
+        if stat is None:
+            primary = float("inf")
+        else:
+            primary = -stat.mean if higher_is_better else stat.mean
+        ranking.append(((stat is None, primary, loss_mean(runs), lr), lr))
+    best = min(ranking)[1]
+    return LrChoice(best, tuple(candidates))
+
+
+def final_metric(metric: str) -> Callable[[RunRecord], float | None]:
+    """A value function: the run's final ``metric`` (None when absent)."""
+    return lambda run: run.final.get(metric)
+
+
+def metric_at_step(metric: str, step: int) -> Callable[[RunRecord], float | None]:
+    """A value function: ``metric`` logged at exactly ``step`` (the final value counts when the run ended there)."""
+    def value(run: RunRecord) -> float | None:
+        logged = run.value_at(metric, step)
+        if logged is None and run.history and int(run.history[-1]["step"]) == step:
+            return run.final.get(metric)
+        return logged
+    return value

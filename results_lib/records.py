@@ -1,0 +1,203 @@
+"""Loading result records (schema ``mora-run/1``) written by ``runner/record.py``.
+
+A record is one JSON file per run under ``results/runs/`` (any depth). Tables, figures and the notebook read
+records only through :func:`load_records`, which never raises on a bad file: a file that is not valid JSON, is not a
+``mora-run/1`` record, lacks a required key, has a value of the wrong type, or did not complete is reported by name
+(one line on stderr, or to the ``report`` callable) and skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+SCHEMA = "mora-run/1"
+
+# key -> accepted Python types (bool is excluded from numbers explicitly below)
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "schema": (str,),
+    "run_id": (str,),
+    "status": (str,),
+    "task": (str,),
+    "adapter": (str,),
+    "model": (str,),
+    "seed": (int,),
+    "lr": (int, float),
+    "final": (dict,),
+}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "r": (int, type(None)),
+    "mora_type": (str, int, type(None)),
+    "experiment": (str, type(None)),
+    "sweep": (str, type(None)),
+    "config": (dict, type(None)),
+    "params": (dict, type(None)),
+    "history": (list, type(None)),
+    "analysis": (dict, type(None)),
+    "created": (str, type(None)),
+}
+
+
+class RecordError(ValueError):
+    """A file that cannot be used as a completed ``mora-run/1`` record. Message: one line."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One completed run, as the tables and figures see it.
+
+    ``history`` is the list of logged points ``{"step": int, "<metric>": float, ...}`` sorted by step;
+    ``final`` maps metric name to value. ``raw`` is the whole parsed JSON (for fields the builders do not model).
+    """
+
+    path: str  # as given relative to the results folder when possible, for messages and tie-breaking
+    run_id: str
+    task: str
+    adapter: str
+    model: str
+    seed: int
+    lr: float
+    r: int | None
+    mora_type: str | None
+    experiment: str | None
+    sweep: str | None
+    final: Mapping[str, float]
+    history: tuple[Mapping[str, float], ...]
+    params: Mapping[str, Any]
+    config: Mapping[str, Any]
+    analysis: Mapping[str, Any] | None
+    created: str
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        """``[(step, value), ...]`` of every history point that logged ``metric`` (sorted by step, last one wins
+        when a step was logged twice)."""
+        points: dict[int, float] = {}
+        for entry in self.history:
+            value = entry.get(metric)
+            if _is_number(value):
+                points[int(entry["step"])] = float(value)
+        return sorted(points.items())
+
+    def value_at(self, metric: str, step: int) -> float | None:
+        """The value of ``metric`` logged at exactly ``step``, or None."""
+        return dict(self.curve(metric)).get(step)
+
+    @property
+    def trainable_params(self) -> int | None:
+        value = self.params.get("trainable")
+        return int(value) if _is_number(value) else None
+
+    def config_value(self, dotted: str, default: Any = None) -> Any:
+        """``config_value("adapter.restart.merge_every")`` → the resolved config value, or ``default``."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
+    """Resolve a record's ``mora_type`` (name, official integer or ``"auto"``) to the canonical name.
+
+    A local copy of the library's rule (``moRA.canonical_mora_type``) so that building tables does not import torch:
+    1 sharing, 2 contiguous, 3 contiguous_tile, 4 sharing_interleave, 6 rope; "auto" = rope if r < 64 else sharing.
+    """
+    if mora_type is None:
+        return None
+    aliases = {"1": "sharing", "2": "contiguous", "3": "contiguous_tile", "4": "sharing_interleave", "6": "rope",
+               "rotation": "rope"}
+    name = str(mora_type).strip().lower()
+    name = aliases.get(name, name)
+    if name == "auto":
+        if r is None:
+            return "auto"
+        return "rope" if r < 64 else "sharing"
+    return name
+
+
+def parse_record(data: Any, path: str) -> RunRecord:
+    """Validate one parsed JSON document; raise :class:`RecordError` (one line) when it is not usable."""
+    if not isinstance(data, dict):
+        raise RecordError(f"top-level JSON value is a {type(data).__name__}, not an object")
+    if data.get("schema") != SCHEMA:
+        raise RecordError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise RecordError(f"missing key(s) {', '.join(missing)}")
+    if data["status"] != "completed":
+        raise RecordError(f"status is {data['status']!r}, not 'completed'")
+    for table in (_REQUIRED, _OPTIONAL):
+        for key, types in table.items():
+            if key in data and (not isinstance(data[key], types) or
+                                (isinstance(data[key], bool) and bool not in types)):
+                raise RecordError(f"key {key!r} has type {type(data[key]).__name__}")
+    final = {k: float(v) for k, v in data["final"].items() if _is_number(v)}
+    history = []
+    for i, entry in enumerate(data.get("history") or []):
+        if not isinstance(entry, dict) or not _is_number(entry.get("step")):
+            raise RecordError(f"history[{i}] has no numeric 'step'")
+        history.append(entry)
+    history.sort(key=lambda e: e["step"])
+    r = data.get("r")
+    return RunRecord(
+        path=path, run_id=data["run_id"], task=data["task"], adapter=data["adapter"].lower(), model=data["model"],
+        seed=int(data["seed"]), lr=float(data["lr"]), r=r, mora_type=canonical_mora_type(data.get("mora_type"), r),
+        experiment=data.get("experiment"), sweep=data.get("sweep"), final=final, history=tuple(history),
+        params=data.get("params") or {}, config=data.get("config") or {}, analysis=data.get("analysis"),
+        created=data.get("created") or "", raw=data,
+    )
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def record_files(results_dir: Path | str) -> list[Path]:
+    """Every ``*.json`` under ``<results_dir>/runs`` (recursively), in a fixed (sorted) order."""
+    runs = Path(results_dir) / "runs"
+    return sorted(p for p in runs.rglob("*.json") if p.is_file()) if runs.is_dir() else []
+
+
+def load_records(results_dir: Path | str = "results", report: Callable[[str], None] = _stderr) -> list[RunRecord]:
+    """Load every usable record under ``<results_dir>/runs``; report and skip the others.
+
+    Returns the records sorted by path. A second record with an already seen ``run_id`` is reported and skipped.
+    """
+    results_dir = Path(results_dir)
+    records: list[RunRecord] = []
+    seen: dict[str, str] = {}
+    for path in record_files(results_dir):
+        try:
+            shown = path.relative_to(results_dir).as_posix()
+        except ValueError:  # pragma: no cover - rglob stays inside results_dir
+            shown = path.as_posix()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            record = parse_record(data, shown)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            report(f"skipped record {shown}: unreadable JSON ({str(error).splitlines()[0]})")
+            continue
+        except RecordError as error:
+            report(f"skipped record {shown}: {error}")
+            continue
+        if record.run_id in seen:
+            report(f"skipped record {shown}: duplicate run_id {record.run_id!r} (first in {seen[record.run_id]})")
+            continue
+        seen[record.run_id] = shown
+        records.append(record)
+    return records
+
+
+def filter_records(records: Iterable[RunRecord], **equal: Any) -> list[RunRecord]:
+    """Records whose attributes equal every given value, e.g. ``filter_records(rs, task="uuid", model="tiny")``."""
+    return [rec for rec in records if all(getattr(rec, key) == value for key, value in equal.items())]
