@@ -1,0 +1,79 @@
+"""task=instruct: Tülu-v2 instruction tuning (loss on assistant turns), evaluated on MMLU 0-shot and 5-shot.
+
+Training rows (allenai/tulu-v2-sft-mixture: ``dataset``, ``id``, ``messages`` = [{role, content}]) are rendered in
+the Tülu chat format by ``tasks.chat_format`` (EOS after every assistant turn; only assistant contents + EOS are
+scored) and cut at ``max_length`` (2048) tokens. Rows that cannot be rendered are skipped and counted in
+``TaskData.info`` as ``n_skipped_<reason>`` (missing_messages, unknown_role, empty_content, no_assistant_turn);
+over-length rows follow ``overlong`` (truncate | skip, see ``tasks.supervised``).
+
+Evaluation (metrics ``mmlu_0shot`` and ``mmlu_5shot``, accuracy over all questions):
+- ``eval.mmlu.source=lm_eval``: lm-eval's stock ``mmlu`` group (cais/mmlu from the hub or the HF cache);
+- ``eval.mmlu.source=local``: the repository's ``mora_mmlu`` task (same prompt and few-shot rule as lm-eval's
+  ``mmlu``) on local files in the cais/mmlu schema: ``eval.mmlu.test_path`` and ``eval.mmlu.dev_path``.
+``eval.mmlu.source=auto`` (default) uses the local files when ``test_path`` is set, lm-eval's ``mmlu`` otherwise.
+Per-question log-likelihoods, the predicted and gold letters go to ``<output_dir>/samples/mmlu_<k>shot.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.base import Task, TaskData, TaskDataError
+from tasks.chat_format import tulu_segments, validate_messages
+from tasks.data_source import load_rows
+from tasks.supervised import PaddingCollator, build_examples, pad_token_id_of
+
+
+def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def _messages_of(row: Mapping) -> Any:
+    messages = row.get("messages")
+    if isinstance(messages, str):  # some local copies store the list as a JSON string
+        try:
+            messages = json.loads(messages)
+        except ValueError:
+            return None
+    return messages
+
+
+class InstructTask(Task):
+    name = "instruct"
+
+    def prepare(self, tokenizer) -> TaskData:
+        cfg = self.cfg
+        rows = load_rows(hf_name=_get(cfg, "dataset", "allenai/tulu-v2-sft-mixture"),
+                         config=_get(cfg, "dataset_config"), split=_get(cfg, "split", "train"),
+                         data_path=_get(cfg, "data_path"), what="Tülu v2 SFT mixture", key="task.data_path")
+        limit = _get(cfg, "max_train_samples")
+        if limit is not None:
+            rows = rows.select(range(min(int(limit), len(rows))))
+        skipped: dict[str, int] = {}
+        segment_lists = []
+        for row in rows:
+            messages = _messages_of(row)
+            reason = validate_messages(messages)
+            if reason is not None:
+                skipped[f"n_skipped_{reason}"] = skipped.get(f"n_skipped_{reason}", 0) + 1
+                segment_lists.append(None)
+            else:
+                segment_lists.append(tulu_segments(messages))
+        examples, info = build_examples(tokenizer, segment_lists, max_length=int(_get(cfg, "max_length", 2048)),
+                                        overlong=_get(cfg, "overlong", "truncate"))
+        info.update(skipped, n_rows=len(rows))
+        if not examples:
+            raise TaskDataError(f"Tülu v2 SFT mixture: no usable conversation among {len(rows)} rows ({info})")
+        import datasets
+
+        train = datasets.Dataset.from_list(examples)
+        return TaskData(train=train, collator=PaddingCollator(pad_token_id_of(tokenizer)), eval=None, info=info)
+
+    def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
+        from tasks.evaluation.mmlu_eval import evaluate_mmlu
+
+        return evaluate_mmlu(model, tokenizer, _get(self.cfg, "eval", {}), output_dir)
