@@ -44,8 +44,6 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 STATE_FILE = "restart_state.json"
 BASE_WEIGHTS_FILE = "restart_base_weights.safetensors"
 STATE_SCHEMA = "mora-restart/1"
-# MoRA types that need an even r̂ (RoPE works on pairs of coordinates; decouple is RoPE without rotation)
-_EVEN_RANK_TYPES = ("rope", "decouple")
 
 
 class RestartConfigError(ValueError):
@@ -192,9 +190,11 @@ def validate_restart_setup(layers: Sequence[AdaptedLayer], config: RestartConfig
             raise RestartConfigError(
                 f"layer {layer.name} starts with MoRA type {current!r}, which is not in restart.type_cycle="
                 f"{list(cycle)}; put it in the cycle or change adapter.mora_type")
+        from moRA.operators import BLOCK_TYPES  # the types that need an even r̂
+
         rank = int(m.mora_rank[layer.adapter])
         for t in cycle:
-            if t in _EVEN_RANK_TYPES and rank % 2:
+            if t in BLOCK_TYPES and rank % 2:
                 raise RestartConfigError(
                     f"restart.type_cycle has {t!r}, which needs an even r̂, but layer {layer.name} has r̂={rank} "
                     f"(type {current!r}); start from {t!r} or drop it from the cycle")
