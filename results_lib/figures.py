@@ -67,7 +67,7 @@ def mean_curve(runs: Sequence[RunRecord], metric: str) -> tuple[list[int], list[
     return steps, means, stds, n
 
 
-def _new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
     with plt.rc_context(RC):
         return Figure(figsize=(width, height), layout="constrained")
 
@@ -107,7 +107,7 @@ def uuid_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
         groups = group_methods(rec for rec in runs if rec.model == model)
         for metric, ylabel, scale in (("char_acc", "greedy character accuracy (%)", 100.0),
                                       ("train_loss", "training loss (cross-entropy, nats/token)", 1.0)):
-            fig = _new_figure()
+            fig = new_figure()
             ax = fig.add_subplot()
             if not _plot_method_curves(ax, groups, metric, UUID_TASK, scale):
                 continue
@@ -139,7 +139,7 @@ def pretrain_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     for model in sorted({rec.model for rec in runs}, key=model_sort_key):
         groups = group_methods(rec for rec in runs if rec.model == model)
         metric = "train_loss" if any(r.curve("train_loss") for r in runs if r.model == model) else "val_loss"
-        fig = _new_figure()
+        fig = new_figure()
         ax = fig.add_subplot()
         if not _plot_method_curves(ax, groups, metric, PRETRAIN_TASK):
             continue
@@ -192,7 +192,7 @@ def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figu
         modules = sorted({m for table in per_method.values() for m in table}, key=_module_order)
         cols = min(4, len(modules))
         rows = -(-len(modules) // cols)
-        fig = _new_figure(3.2 * cols, 2.6 * rows + 0.6)
+        fig = new_figure(3.2 * cols, 2.6 * rows + 0.6)
         axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
         styles = _style_by_r(list(per_method))
         for index, module in enumerate(modules):
@@ -242,7 +242,7 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
         spec = metric_spec(metric)
         scale = 100.0 if spec.percent else 1.0
         types = MORA_TYPE_ORDER + sorted(set(by_type) - set(MORA_TYPE_ORDER))
-        fig = _new_figure(7.0, 4.2)
+        fig = new_figure(7.0, 4.2)
         ax = fig.add_subplot()
         for x, mora_type in enumerate(types):
             if mora_type not in by_type:

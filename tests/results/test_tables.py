@@ -1,0 +1,110 @@
+"""Table builders on the fixture records: mean ± std (n), lr choice shown, missing cells, every table written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from results_lib import build_all_tables, render_latex, render_markdown
+from results_lib.tables import build_ablation_table, build_uuid_table, choose_steps
+
+from tests.results._paths import ROOT
+
+
+def _rows(table, section=0):
+    return {row.cells["method"] if "method" in row.cells else row.cells["mora_type"]: row.cells
+            for row in table.sections[section].rows}
+
+
+def test_uuid_table_means_seeds_and_chosen_lr(fixture_records):
+    records, _ = fixture_records
+    table = build_uuid_table(records)
+    assert [s.title for s in table.sections] == ["model tiny"]
+    rows = _rows(table)
+    # FFT: lr 1e-3 beats 3e-4; seeds 0..2 give 77, 78, 79 % final char accuracy
+    assert rows["FFT"]["lr"] == "1e-3"
+    assert rows["FFT"]["char_acc"] == "78.0 ± 1.0 (n=3)"
+    assert rows["FFT"]["char_acc@50"] == "33.0 ± 1.0 (n=3)"
+    assert rows["LoRA r=8"]["lr"] == "3e-3" and rows["LoRA r=8"]["char_acc"].endswith("(n=2)")
+    assert rows["DoRA r=8"]["char_acc"] == "44.5 (n=1)"
+    assert rows["MoRA r=256 (sharing)"]["trainable"] == "524,288"
+    # ablation-only MoRA types stay out of the main table
+    assert not any("truncation" in label or "decouple" in label for label in rows)
+    notes = "\n".join(table.sections[0].notes)
+    assert "FFT: lr 1e-3 shown" in notes and "3e-4 → 57.0" in notes
+
+
+def test_chosen_steps_and_explicit_steps(fixture_records):
+    records, _ = fixture_records
+    uuid = [rec for rec in records if rec.task == "uuid"]
+    assert choose_steps(uuid) == [50, 100, 150, 200]
+    table = build_uuid_table(records, steps=[100])
+    ids = [c.id for c in table.sections[0].columns]
+    assert "char_acc@100" in ids and "char_acc@50" not in ids
+
+
+def test_missing_cells_show_dash(fixture_records):
+    records, _ = fixture_records
+    tables = build_all_tables(records)
+    finetune = {row.cells["method"]: row.cells for row in tables["finetune"].sections[0].rows}
+    assert finetune["LoRA r=8"]["mmlu_0shot"] == "25.0 (n=1)"
+    assert finetune["LoRA r=8"]["gsm8k"] == "—"
+    assert finetune["MoRA r=8 (rope)"]["gsm8k"] == "5.0 (n=1)"
+    markdown = render_markdown(tables["finetune"])
+    assert "| tiny | LoRA r=8 | 25.0 (n=1) | 27.0 (n=1) | — | — | — | — |" in markdown
+
+
+def test_ablation_rows_every_type_in_order(fixture_records):
+    records, _ = fixture_records
+    table = build_ablation_table(records)
+    assert [s.title for s in table.sections] == ["task uuid, model tiny, r = 8"]  # r = 256 has one type only
+    rows = table.sections[0].rows
+    assert [row.identity["mora_type"] for row in rows] == ["sharing", "contiguous", "contiguous_tile",
+                                                           "sharing_interleave", "rope", "truncation", "decouple"]
+    by_type = {row.identity["mora_type"]: row.cells for row in rows}
+    assert by_type["rope"]["char_acc"] == "63.0 ± 1.0 (n=3)"
+    assert by_type["truncation"]["char_acc"] == "27.0 (n=1)"
+    assert render_markdown(table).count("| contiguous (2) | — | — | — | — |") == 1
+
+
+def test_pretraining_tables(fixture_records):
+    records, _ = fixture_records
+    tables = build_all_tables(records)
+    pre = {row.cells["method"]: row.cells for row in tables["pretrain_ppl"].sections[0].rows}
+    assert list(pre) == ["LoRA r=8", "ReLoRA r=8", "MoRA r=8 (rope)", "ReMoRA r=8 (sharing)"]
+    assert pre["LoRA r=8"]["val_ppl"].endswith("(n=2)")
+    by_length = tables["ppl_by_length"].sections[0]
+    assert [c.id for c in by_length.columns][-2:] == ["ppl@64", "ppl@128"]  # numeric order
+
+
+def test_latex_escapes_and_uses_booktabs(fixture_records):
+    records, _ = fixture_records
+    latex = render_latex(build_all_tables(records)["uuid"])
+    assert r"78.0 $\pm$ 1.0 (n=3)" in latex and r"\toprule" in latex and r"\bottomrule" in latex
+    assert "±" not in latex and "—" not in latex
+    ablation = render_latex(build_all_tables(records)["ablation"])
+    assert r"\label{tab:ablation-task-uuid-model-tiny-r-8}" in ablation
+
+
+def test_cli_writes_every_table_and_names_bad_records(fixture_results, tmp_path):
+    out = tmp_path / "tables"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), "--results",
+                             str(fixture_results), "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{n}.{ext}" for n in ("uuid_memorization", "finetune", "pretrain_ppl", "ppl_by_length",
+                                                   "ablation") for ext in ("md", "tex")] + ["README.md"])
+    assert "runs/broken-truncated.json" in result.stderr and "runs/partial-running.json" in result.stderr
+
+
+def test_no_records_still_writes_tables(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), "--results", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "tables" / "finetune.md").read_text()
+    assert "No completed records for this table yet." in text
+
+
+def test_bad_uuid_steps_is_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), "--results", str(tmp_path),
+                             "--uuid-steps", "10,x"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "--uuid-steps '10,x'" in result.stderr
