@@ -1,0 +1,56 @@
+"""OmegaConf resolvers used by ``configs/config.yaml`` (registered on import of this module).
+
+``${run_id:task,model,adapter,r,mora_type,lr,seed}`` names a run from its choices, e.g.
+``uuid-tiny-mora-r256-sharing-lr3e-3-s42``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42``).
+The resolver never raises: it runs before the config is validated (Hydra needs the run folder first), so odd values
+(``r=abc``) end up verbatim in the name and are rejected later by ``runner.run.validate_config``.
+"""
+from __future__ import annotations
+
+import re
+
+from omegaconf import OmegaConf
+
+# MoRA's "auto" type: RoPE (type 6) below this rank, sharing (type 1) at and above it (paper: r = 8 → 6, r = 256 → 1).
+AUTO_ROPE_BELOW_RANK = 64
+_MORA_METHODS = ("mora", "remora")
+
+
+def resolve_auto_mora_type(mora_type, r):
+    """``"auto"`` → ``"rope"`` if ``r < 64`` else ``"sharing"``; any other value is returned unchanged."""
+    if str(mora_type) != "auto":
+        return mora_type
+    return "rope" if int(r) < AUTO_ROPE_BELOW_RANK else "sharing"
+
+
+def format_lr(lr) -> str:
+    """0.0003 → ``3e-4``, 0.001 → ``1e-3``, 0.0025 → ``2.5e-3`` (non-numbers verbatim)."""
+    try:
+        mantissa, exponent = f"{float(lr):.6e}".split("e")
+    except (TypeError, ValueError):
+        return str(lr)
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
+    """The default ``run_id``: ``<task>-<model>-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``."""
+    parts = [str(task), str(model), str(adapter)]
+    if str(adapter) != "fft":
+        parts.append(f"r{r}")
+    if str(adapter) in _MORA_METHODS and mora_type is not None:
+        try:
+            parts.append(str(resolve_auto_mora_type(mora_type, r)))
+        except (TypeError, ValueError):
+            parts.append(str(mora_type))
+    parts += [f"lr{format_lr(lr)}", f"s{seed}"]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
+
+
+def register_resolvers() -> None:
+    """Register ``run_id`` with OmegaConf (idempotent)."""
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", make_run_id)
+
+
+register_resolvers()

@@ -1,0 +1,71 @@
+"""Train and evaluate one run: ``python train.py task=uuid adapter=mora r=256``.
+
+Hydra composes ``configs/config.yaml`` with the chosen groups (model, adapter, task, trainer, logger, experiment) and
+overrides; ``runner.run.run_experiment`` does the work; this file prints a one-line summary. Bad input ends with a
+one-line ``error: …`` on stderr and exit code 1 (``MORA_DEBUG=1`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import runner.config  # noqa: F401  (registers the ${run_id:...} resolver before Hydra resolves the run folder)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXIT_BAD_INPUT = 1
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def fail(message: str) -> None:
+    """Print ``error: <message>`` as one line on stderr and exit non-zero."""
+    print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``configs/<group>/**/*.yaml`` without the suffix, e.g. ``paper/uuid_fft``)."""
+    folder = CONFIG_DIR / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Reject ``group=option`` overrides naming a missing option, listing the valid ones (one line) — before Hydra,
+    whose own message spans several lines."""
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.lstrip("+~").split("=", 1)
+        if key not in groups or value in ("null", ""):
+            continue
+        if not (CONFIG_DIR / key / f"{value}.yaml").is_file():
+            fail(f"unknown {key} {value!r}; valid {key} options: {', '.join(group_options(key))}")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from runner.run import run_experiment
+
+    try:
+        summary = run_experiment(cfg, choices=dict(HydraConfig.get().runtime.choices))
+    except KeyboardInterrupt:
+        fail("interrupted; continue with the same command and resume=true")
+    except (ValueError, FileNotFoundError) as e:  # the project's errors are ValueErrors with one-line messages
+        if os.environ.get("MORA_DEBUG"):
+            raise
+        fail(str(e))
+    print(summary.one_line(), flush=True)
+
+
+if __name__ == "__main__":
+    if not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--info") for a in sys.argv[1:]):
+        check_group_choices([a for a in sys.argv[1:] if not a.startswith("hydra")])
+    main()
