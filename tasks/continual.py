@@ -1,0 +1,101 @@
+"""task=continual_pretrain: domain-adaptive continual pretraining (AdaptLLM-style), evaluated on AdaptLLM's suites.
+
+Training data: the raw text corpus of ``domain`` (biomed | finance), named in ``corpora.<domain>`` by a Hugging
+Face dataset (``dataset``, ``config``, ``split``, ``text_field``) or by local files (``data_path``: .txt files — one
+document per file — or .jsonl/.json/.parquet with ``text_field``). Documents are tokenized, joined with EOS and cut
+into chunks of ``seq_len`` tokens (``tasks.corpora.pack_token_chunks``); the loss is on every token. Empty or
+non-string documents are skipped and counted (``n_skipped_empty_docs``). ``n_eval_chunks`` chunks (taken from the
+end) are held out as ``TaskData.eval`` for a validation loss.
+
+Evaluation: ``tasks.evaluation.adaptllm.evaluate_suite`` on the merged model: ``<domain>/<task>`` for each task of
+the suite and ``biomed_avg`` / ``finance_avg``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.base import Task, TaskData, TaskDataError
+from tasks.supervised import PaddingCollator, pad_token_id_of
+
+DOMAINS = ("biomed", "finance")
+
+
+def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def corpus_texts(corpus: Mapping, domain: str) -> list:
+    """The raw documents of the configured corpus (local files first, else the hub dataset)."""
+    from tasks.corpora import hf_texts, local_texts
+    from tasks.data_source import load_rows
+
+    key = f"task.corpora.{domain}.data_path"
+    data_path = _get(corpus, "data_path")
+    max_docs = _get(corpus, "max_docs")
+    text_field = _get(corpus, "text_field", "text")
+    if data_path:
+        path = Path(str(data_path)).expanduser()
+        if path.suffix == ".txt" or (path.is_dir() and any(path.rglob("*.txt"))):
+            docs = local_texts([str(path)])
+        else:
+            rows = load_rows(hf_name=None, data_path=str(path), what=f"{domain} corpus", key=key)
+            if text_field not in rows.column_names:
+                raise TaskDataError(f"{domain} corpus: {key}={data_path} has no field {text_field!r} "
+                                    f"(fields: {rows.column_names}); set task.corpora.{domain}.text_field")
+            docs = rows[text_field]
+        return list(docs[:max_docs] if max_docs else docs)
+    name = _get(corpus, "dataset")
+    if not name:
+        raise TaskDataError(f"{domain} corpus: set task.corpora.{domain}.dataset or {key}")
+    return hf_texts(name, _get(corpus, "config"), _get(corpus, "split", "train"), text_field,
+                    streaming=bool(_get(corpus, "streaming", True)), max_docs=max_docs)
+
+
+class ContinualPretrainTask(Task):
+    name = "continual_pretrain"
+
+    @property
+    def domain(self) -> str:
+        domain = _get(self.cfg, "domain", "biomed")
+        if domain not in DOMAINS:
+            raise ValueError(f"task.domain={domain!r} is not one of {list(DOMAINS)}")
+        return domain
+
+    def prepare(self, tokenizer) -> TaskData:
+        from tasks.corpora import pack_token_chunks
+        import datasets
+
+        domain = self.domain
+        corpus = _get(_get(self.cfg, "corpora", {}), domain, {})
+        docs = corpus_texts(corpus, domain)
+        good = [d for d in docs if isinstance(d, str) and d.strip()]
+        info: dict[str, Any] = {"n_docs": len(good), "n_skipped_empty_docs": len(docs) - len(good)}
+        seq_len = int(_get(self.cfg, "seq_len", 2048))
+        if tokenizer.eos_token_id is None:
+            raise ValueError("continual_pretrain: the tokenizer has no eos_token_id to separate documents")
+        tokenized = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in good)
+        chunks = pack_token_chunks(tokenized, seq_len, tokenizer.eos_token_id)
+        n_eval = int(_get(self.cfg, "n_eval_chunks", 0))
+        if len(chunks) <= n_eval:
+            raise TaskDataError(f"{domain} corpus: {len(good)} documents give {len(chunks)} chunks of {seq_len} "
+                                f"tokens, not enough for training plus n_eval_chunks={n_eval}")
+        train_chunks, eval_chunks = chunks[: len(chunks) - n_eval], chunks[len(chunks) - n_eval:]
+
+        def rows(cs):
+            return datasets.Dataset.from_list([{"input_ids": c, "labels": list(c), "attention_mask": [1] * len(c)}
+                                               for c in cs])
+        info.update(n_train=len(train_chunks), n_eval=len(eval_chunks), seq_len=seq_len,
+                    n_tokens=len(train_chunks) * seq_len)
+        return TaskData(train=rows(train_chunks), eval=rows(eval_chunks) if eval_chunks else None,
+                        collator=PaddingCollator(pad_token_id_of(tokenizer)), info=info)
+
+    def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
+        from tasks.evaluation.adaptllm import evaluate_suite
+        from tasks.evaluation.eval_model import evaluation_model
+
+        with evaluation_model(model) as eval_model:
+            return evaluate_suite(eval_model, tokenizer, self.domain, _get(self.cfg, "eval", {}), output_dir)
