@@ -36,8 +36,8 @@ def test_local_texts_files_folders_and_globs():
 def test_local_texts_errors_are_one_line():
     with pytest.raises(TaskDataError, match=r"'.*no_such_\*\.txt' matches no text file"):
         local_texts(str(FIXTURES / "no_such_*.txt"))
-    with pytest.raises(TaskDataError, match=r"latin1\.bin is not UTF-8 text"):
-        local_texts(FIXTURES / "nested" / "latin1.bin")
+    with pytest.raises(TaskDataError, match=r"latin1\.dat is not UTF-8 text"):
+        local_texts(FIXTURES / "nested" / "latin1.dat")
     with pytest.raises(TaskDataError, match="no paths"):
         local_texts([])
 
