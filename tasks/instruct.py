@@ -11,7 +11,7 @@ Evaluation (metrics ``mmlu_0shot`` and ``mmlu_5shot``, accuracy over all questio
 - ``eval.mmlu.source=local``: the repository's ``mora_mmlu`` task (same prompt and few-shot rule as lm-eval's
   ``mmlu``) on local files in the cais/mmlu schema: ``eval.mmlu.test_path`` and ``eval.mmlu.dev_path``.
 ``eval.mmlu.source=auto`` (default) uses the local files when ``test_path`` is set, lm-eval's ``mmlu`` otherwise.
-Per-question log-likelihoods, the predicted and gold letters go to ``<output_dir>/samples/mmlu_<k>shot.jsonl``.
+Per-question log-likelihoods, the predicted and gold letters go to ``<output_dir>/mmlu_<k>shot.jsonl`` (the runner passes ``<run folder>/samples``).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Evaluation (``cfg.eval.suites``), each a metric of the result record:
   micro-averaged over problems;
 - ``lm_eval:<name>`` (e.g. ``lm_eval:gsm8k``, ``lm_eval:minerva_math``): lm-eval's stock task, reported as
   ``<name>/<metric>`` for every numeric metric lm-eval returns (its own prompt and few-shot defaults).
-Every generation is written to ``<output_dir>/samples/<suite>.jsonl`` with the extracted answer and correctness.
+Every generation is written to ``<output_dir>/<suite>.jsonl`` (the runner passes ``<run folder>/samples``) with the extracted answer and correctness.
 """
 from __future__ import annotations
 

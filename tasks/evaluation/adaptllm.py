@@ -193,6 +193,6 @@ def evaluate_suite(model, tokenizer, domain: str, cfg: Mapping, output_dir: Path
         if skipped:
             results[f"{domain}/{task.key}/n_skipped"] = float(skipped)
         if output_dir is not None:
-            write_samples(Path(output_dir) / "samples" / f"{domain}_{task.key}.jsonl", records)
+            write_samples(Path(output_dir) / f"{domain}_{task.key}.jsonl", records)
     results[f"{domain}_avg"] = sum(results[f"{domain}/{t.key}"] for t in tasks) / len(tasks)
     return results

@@ -87,7 +87,7 @@ def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None
             results[suite] = micro_average(metrics, samples, names, "acc")
             if output_dir is not None:
                 records = [r for name in names for r in _describe(suite, samples.get(name, []))]
-                write_samples(Path(output_dir) / "samples" / f"{suite}.jsonl", records)
+                write_samples(Path(output_dir) / f"{suite}.jsonl", records)
     return results
 
 
@@ -102,7 +102,7 @@ def _stock(lm, name: str, limit, output_dir: Path | None) -> dict[str, float]:
     out = {f"lm_eval/{task}/{metric}": value for task, row in metrics.items() for metric, value in row.items()}
     if output_dir is not None:
         for task, rows in samples.items():
-            write_samples(Path(output_dir) / "samples" / f"lm_eval_{task}.jsonl",
+            write_samples(Path(output_dir) / f"lm_eval_{task}.jsonl",
                           ({"doc": r.get("doc"), "arguments": r.get("arguments"), "generation": r.get("filtered_resps"),
                             "target": r.get("target"), **{m: r.get(m) for m in metrics.get(task, {})}} for r in rows))
     return out

@@ -119,6 +119,6 @@ def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> di
             leaf = [t for t in samples if samples[t]]
             results[f"mmlu_{k}shot"] = micro_average(metrics, samples, leaf, "acc")
             if output_dir is not None:
-                write_samples(Path(output_dir) / "samples" / f"mmlu_{k}shot.jsonl",
+                write_samples(Path(output_dir) / f"mmlu_{k}shot.jsonl",
                               (_describe(s) for t in leaf for s in samples[t]))
     return results
