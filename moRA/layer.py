@@ -16,6 +16,7 @@ from torch import nn
 
 from .operators import (
     BLOCK_TYPES,
+    add_delta_weight_,
     add_mora_branch_,
     canonical_mora_type,
     delta_weight,
@@ -111,24 +112,28 @@ class MoraLayer(BaseTunerLayer):
     def fan_in_fan_out(self) -> bool:
         return bool(self.kwargs.get("fan_in_fan_out", False))
 
+    def _add_delta_to_base_(self, adapter_name: str, weight: torch.Tensor, alpha: float) -> None:
+        """weight (the base layout) += alpha · ΔW, in place, summed in M's precision and rounded once."""
+        view = weight.T if self.fan_in_fan_out else weight
+        add_delta_weight_(view, self.mora_M[adapter_name].detach(), self.mora_type[adapter_name],
+                          self._rope_tables(adapter_name), alpha=alpha)
+
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        """W ← W + ΔW for each adapter (summed in M's precision, rounded once to W's dtype)."""
+        """W ← W + ΔW for each adapter, in place (one pass over W, no ΔW materialised)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         weight = self.get_base_layer().weight
         for name in adapter_names:
             if name not in self.mora_M:
                 continue
-            delta = self.get_delta_weight(name, dtype=self.mora_M[name].dtype)
             with torch.no_grad():
                 if safe_merge:
-                    merged = weight.to(delta.dtype) + delta
+                    merged = weight.detach().clone()
+                    self._add_delta_to_base_(name, merged, 1.0)
                     if not torch.isfinite(merged).all():
                         raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems broken")
                     weight.copy_(merged)
-                elif weight.dtype == delta.dtype:
-                    weight.add_(delta)
                 else:
-                    weight.copy_(weight.to(delta.dtype).add_(delta))
+                    self._add_delta_to_base_(name, weight, 1.0)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -138,14 +143,9 @@ class MoraLayer(BaseTunerLayer):
         weight = self.get_base_layer().weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            if name not in self.mora_M:
-                continue
-            delta = self.get_delta_weight(name, dtype=self.mora_M[name].dtype)
-            with torch.no_grad():
-                if weight.dtype == delta.dtype:
-                    weight.sub_(delta)
-                else:
-                    weight.copy_(weight.to(delta.dtype).sub_(delta))
+            if name in self.mora_M:
+                with torch.no_grad():
+                    self._add_delta_to_base_(name, weight, -1.0)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def _add_branches_(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -339,47 +339,63 @@ def _compression_pairs(k: int, r: int, mora_type: str, device) -> tuple[torch.Te
     return f, f
 
 
-def _decompression_rows(d: int, r: int, mora_type: str, device) -> torch.Tensor:
-    """For every output o, the slot of u it reads (``-1``: none, a zero row)."""
+def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: torch.Tensor | None = None,
+                      alpha: float = 1.0) -> torch.Tensor:
+    """``W (d, k) += alpha · ΔW`` in place, without materialising ΔW (a merge is one pass over W for the sharing
+    family and touches only the block diagonal for the block types). ``W`` may be a strided view (e.g. the
+    transpose of a Conv1D weight) and of lower precision than ``M``: each entry is rounded once. No Python loop over
+    features or blocks."""
+    mora_type = canonical_mora_type(mora_type)
+    d, k = W.shape
+    r = M.shape[-1]
+    if mora_type in BLOCK_TYPES:
+        n_out = num_output_blocks(d, k, r)
+        blocks = block_matrices(M, mora_type, n_out, tables)
+        width = num_blocks(k, r) * r
+        for row0 in range(0, d, width):  # one pass unless d > n·r, where the n·r outputs repeat (⌈d / n·r⌉ tiles)
+            _add_block_diagonal_(W[row0 : row0 + width], blocks, k, alpha)
+        return W
+    feat, slot = _compression_pairs(k, r, mora_type, M.device)
+    mc = M.new_zeros(r, k).index_add_(1, feat, M[:, slot])  # M · C: (r, k), row j = what slot j of u receives
     kind = _DECOMPRESSION[mora_type]
-    o = torch.arange(d, device=device)
     if kind == "tile":
-        return o % r
-    if kind == "interleave":
+        p, s = divmod(d, r)
+        if p:
+            W[: p * r].unflatten(0, (p, r)).add_(mc, alpha=alpha)
+        if s:
+            W[p * r :].add_(mc[:s], alpha=alpha)
+    elif kind == "interleave":
         p, s, split = _contiguous_sizes(d, r)
-        return torch.where(o < split, o // (p + 1), s + (o - split) // max(p, 1))
-    return torch.where(o < r, o, torch.full_like(o, -1))
+        if s:
+            W[:split].unflatten(0, (s, p + 1)).add_(mc[:s, None, :], alpha=alpha)
+        if p:
+            W[split:].unflatten(0, (r - s, p)).add_(mc[s:, None, :], alpha=alpha)
+    else:
+        n = min(d, r)
+        W[:n].add_(mc[:n], alpha=alpha)
+    return W
+
+
+def _add_block_diagonal_(W: torch.Tensor, blocks: torch.Tensor, k: int, alpha: float) -> None:
+    """``W (rows ≤ n·r, k)``: output rows ``b·r + a`` receive ``blocks[b, a, t]`` at column ``(b·r + t) mod k``."""
+    rows, r = W.shape[0], blocks.shape[-1]
+    n_row_blocks = -(-rows // r)
+    aligned = min(n_row_blocks, k // r, rows // r)  # whole blocks on the diagonal, no wrap, no cut
+    if aligned:
+        s0, s1 = W.stride()
+        W.as_strided((aligned, r, r), (r * s0 + r * s1, s0, s1)).add_(blocks[:aligned], alpha=alpha)
+    # At most two blocks remain: one cut by d and/or the one whose columns wrap around to x's first features.
+    for b in range(aligned, n_row_blocks):
+        height = min(r, rows - b * r)
+        cols = (b * r + torch.arange(r, device=W.device)) % k
+        band = W[b * r : b * r + height]
+        if band.dtype == blocks.dtype:
+            band.index_add_(1, cols, blocks[b, :height], alpha=alpha)
+        else:  # sum in the adapter's precision, round once
+            band.copy_(band.to(blocks.dtype).index_add_(1, cols, blocks[b, :height], alpha=alpha))
 
 
 def delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None = None) -> torch.Tensor:
-    """ΔW: ``(d, k)``, the matrix of ``x ↦ f_decomp(M · f_comp(x))`` (so ``x @ ΔW.T`` equals the branch). Built with
-    index operations only (no Python loop over features or blocks); computed in M's dtype."""
-    mora_type = canonical_mora_type(mora_type)
-    r = M.shape[-1]
-    if mora_type in BLOCK_TYPES:
-        return _block_delta_weight(M, d, k, mora_type, tables)
-    feat, slot = _compression_pairs(k, r, mora_type, M.device)
-    mc = M.new_zeros(r, k).index_add_(1, feat, M[:, slot])  # M · C: (r, k)
-    rows = _decompression_rows(d, r, mora_type, M.device)
-    if bool((rows < 0).any()):
-        mc = torch.cat([mc, mc.new_zeros(1, k)])  # row r = the zero row
-        rows = torch.where(rows < 0, torch.full_like(rows, r), rows)
-    if _DECOMPRESSION[mora_type] == "tile":
-        reps = -(-d // r)
-        return mc.repeat(reps, 1)[:d] if reps > 1 else mc[:d].clone()
-    return mc.index_select(0, rows)
-
-
-def _block_delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None) -> torch.Tensor:
-    r = M.shape[-1]
-    n_out = num_output_blocks(d, k, r)
-    blocks = block_matrices(M, mora_type, n_out, tables)  # (n_out, r, r)
-    # Output row b·r + a, input position b·r + t (wrapped to feature (b·r + t) mod k) gets blocks[b, a, t].
-    cols = (torch.arange(n_out, device=M.device)[:, None] * r + torch.arange(r, device=M.device)[None, :]) % k
-    z = M.new_zeros(n_out, r, k)
-    z.scatter_add_(2, cols[:, None, :].expand(n_out, r, r), blocks.contiguous())
-    z = z.reshape(n_out * r, k)
-    if d <= z.shape[0]:
-        return z[:d] if d < z.shape[0] else z
-    reps = -(-d // z.shape[0])
-    return z.repeat(reps, 1)[:d]
+    """ΔW: ``(d, k)``, the matrix of ``x ↦ f_decomp(M · f_comp(x))`` (so ``x @ ΔW.T`` equals the branch); in M's
+    dtype, differentiable with respect to M."""
+    return add_delta_weight_(M.new_zeros(d, k), M, mora_type, tables)
