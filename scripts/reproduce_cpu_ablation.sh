@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# CPU reproduction, part "compression/decompression ablation" (MORA.md §2, §4): MoRA of every type at r = 8 on UUID
+# memorization, model=tiny (configs/experiment/cpu/ablation_mora_types.yaml).
+#   Phase 1: lr sweep (3 values, seed 0) of the six non-RoPE types as one Hydra multirun. The RoPE row is MoRA r = 8
+#            from experiment=cpu/uuid_mora (same setting); it is run here (adapter.mora_type=rope) only if missing.
+#   Phase 2: each type at its best phase-1 lr with seeds 1, 2 (3 seeds in all).
+# Then rebuilds results/tables and results/figures.
+#
+#   scripts/reproduce_cpu_ablation.sh [-- extra Hydra overrides for every run]
+#
+# Resumable like reproduce_cpu_uuid.sh. Cost: 18 (+3 for RoPE) phase-1 and 12 (+2) phase-2 runs of ~3-4 min each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+PYTHON=${PYTHON:-python}
+extra=()
+if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
+
+experiment=cpu/ablation_mora_types
+missing=$("$PYTHON" -m results_lib.cpu_sweeps missing "$experiment")
+if [ "$missing" != "0" ]; then
+  echo "== ${experiment}: lr sweep (${missing} runs missing)"
+  "$PYTHON" train.py -m "experiment=${experiment}" "${extra[@]}"
+fi
+"$PYTHON" -m results_lib.cpu_sweeps best "$experiment" --seeds 1,2 | while read -r overrides; do
+  echo "== ${experiment}: seeds at the best lr: ${overrides}"
+  # shellcheck disable=SC2086
+  "$PYTHON" train.py -m "experiment=${experiment}" ${overrides} "${extra[@]}" </dev/null
+done
+
+# The RoPE row: MoRA r = 8 (mora_type auto = rope) of the UUID part, run here only when absent.
+mora_missing=$("$PYTHON" -m results_lib.cpu_sweeps missing cpu/uuid_mora --where r=8)
+if [ "$mora_missing" != "0" ]; then
+  echo "== cpu/uuid_mora at r = 8 (the ablation's RoPE row)"
+  "$PYTHON" train.py -m experiment=cpu/uuid_mora r=8 "${extra[@]}"
+fi
+"$PYTHON" -m results_lib.cpu_sweeps best cpu/uuid_mora --seeds 1,2 --where r=8 | while read -r overrides; do
+  echo "== cpu/uuid_mora: seeds at the best lr: ${overrides}"
+  # shellcheck disable=SC2086
+  "$PYTHON" train.py -m experiment=cpu/uuid_mora ${overrides} "${extra[@]}" </dev/null
+done
+
+"$PYTHON" scripts/make_tables.py
+"$PYTHON" scripts/make_figures.py

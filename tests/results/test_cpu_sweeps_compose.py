@@ -1,0 +1,106 @@
+"""The CPU reproduction sweep files compose with Hydra, hold the intended grids, match trainable parameters, and
+results_lib.cpu_sweeps plans their phases from records."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from results_lib.cpu_sweeps import best_settings, load_sweep, missing_points
+from results_lib.records import parse_record
+from tests.results._paths import ROOT
+
+CPU_DIR = ROOT / "configs" / "experiment" / "cpu"
+FILES = sorted(p.stem for pattern in ("uuid_*.yaml", "ablation_*.yaml") for p in CPU_DIR.glob(pattern))
+EXPECTED = {  # file -> (adapter, fixed r or None, sweeper grid)
+    "uuid_fft": ("fft", None, {"lr": "3e-4,1e-3,3e-3"}),
+    "uuid_lora": ("lora", None, {"r": "8,64", "lr": "1e-3,3e-3,1e-2"}),
+    "uuid_mora": ("mora", None, {"r": "8,64", "lr": "1e-3,3e-3,1e-2"}),
+    "uuid_dora": ("dora", 7, {"lr": "1e-3,3e-3,1e-2"}),
+    "uuid_hira": ("hira", 8, {"lr": "1e-3,3e-3,1e-2"}),
+    "uuid_miss": ("miss", 15, {"lr": "1e-3,3e-3,1e-2"}),
+    "ablation_mora_types": ("mora", 8, {"adapter.mora_type": "sharing,contiguous,contiguous_tile,sharing_interleave,"
+                                                              "truncation,decouple", "lr": "1e-3,3e-3,1e-2"}),
+}
+
+
+@pytest.fixture(scope="module")
+def composer():
+    import runner.config  # noqa: F401  (registers the run_id resolver)
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        yield lambda overrides, hydra=True: compose(config_name="config", overrides=overrides,
+                                                    return_hydra_config=hydra)
+
+
+def test_every_cpu_file_is_known():
+    assert FILES == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cpu_sweep_file_composes(composer, name):
+    adapter, r, grid = EXPECTED[name]
+    cfg = composer([f"experiment=cpu/{name}"])
+    assert (cfg.model.name, cfg.task.name, cfg.trainer.name, cfg.adapter.name) == ("tiny", "uuid", "cpu", adapter)
+    assert cfg.seed == 0 and cfg.sweep == ("cpu_ablation" if name.startswith("ablation") else "cpu_uuid")
+    assert dict(cfg.hydra.sweeper.params) == grid
+    if r is not None:
+        assert cfg.r == r
+    # grid points (the first and the last) compose and resolve as phase-2 command lines would (run_id included)
+    _, points = load_sweep(f"cpu/{name}")
+    for point in (points[0], points[-1]):
+        overrides = [f"experiment=cpu/{name}"] + [f"{k}={v}" for k, v in point.items()] + ["seed=1"]
+        resolved = OmegaConf.to_container(composer(overrides, hydra=False), resolve=True)
+        assert resolved["lr"] == pytest.approx(float(point["lr"])) and resolved["seed"] == 1
+        assert resolved["run_id"]
+
+
+def test_matched_trainable_parameters():
+    """DoRA, HiRA and MiSS get within 10 % of LoRA r = 8's trainable parameters on the tiny architecture."""
+    import peft
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import moRA
+
+    arch = yaml.safe_load((ROOT / "configs" / "model" / "tiny_scratch.yaml").read_text())["architecture"]
+    arch = {k: v for k, v in arch.items() if v is not None and k != "model_type"}
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(0)
+
+    def trainable(config):
+        model = peft.get_peft_model(LlamaForCausalLM(LlamaConfig(vocab_size=259, **arch)), config)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    lora = trainable(peft.LoraConfig(r=8, target_modules=targets))
+    counts = {"mora": trainable(moRA.MoraConfig(r=8, target_modules=targets)),
+              "dora": trainable(peft.LoraConfig(r=EXPECTED["uuid_dora"][1], target_modules=targets, use_dora=True)),
+              "hira": trainable(peft.HiraConfig(r=EXPECTED["uuid_hira"][1], target_modules=targets)),
+              "miss": trainable(peft.MissConfig(r=EXPECTED["uuid_miss"][1], target_modules=targets))}
+    assert lora == 78_080  # the count the sweep files quote
+    for name, count in counts.items():
+        assert abs(count - lora) / lora < 0.10, (name, count, lora)
+
+
+def _rec(run_id, lr, seed, acc, r=8, mora_type=None, experiment="cpu/uuid_lora", adapter="lora"):
+    return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "uuid",
+                         "adapter": adapter, "r": r, "mora_type": mora_type, "model": "tiny", "seed": seed, "lr": lr,
+                         "experiment": experiment, "final": {"char_acc": acc, "train_loss": 1.0}}, run_id)
+
+
+def test_missing_and_best_lr_planning():
+    records = [_rec("a", 1e-3, 0, 0.4), _rec("b", 3e-3, 0, 0.6), _rec("c", 1e-2, 0, 0.5),
+               _rec("d", 3e-3, 1, 0.1), _rec("e", 1e-3, 0, 0.9, r=64),
+               _rec("f", 3e-3, 0, 0.99, experiment="cpu/other")]  # other experiments do not count
+    missing = missing_points("cpu/uuid_lora", records)
+    assert missing == [{"r": 64, "lr": 3e-3, "seed": 0}, {"r": 64, "lr": 1e-2, "seed": 0}]
+    best = {tuple(m.items()): lr for m, lr, _ in best_settings("cpu/uuid_lora", records)}
+    assert best == {(("r", 8),): 3e-3, (("r", 64),): 1e-3}  # seed 1's poor run does not move the choice
+    assert len(missing_points("cpu/uuid_lora", records, seeds=[1, 2])) == 12 - 1
+
+
+def test_ablation_grid_matches_records_by_canonical_type():
+    records = [_rec("s", 1e-3, 0, 0.5, mora_type="sharing", experiment="cpu/ablation_mora_types", adapter="mora")]
+    missing = missing_points("cpu/ablation_mora_types", records)
+    assert len(missing) == 17 and {"adapter.mora_type": "sharing", "lr": 1e-3, "seed": 0} not in missing
