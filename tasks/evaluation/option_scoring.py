@@ -4,7 +4,8 @@
 option given c (length-normalised loss: the sum over the option's tokens divided by their number). The option is
 appended to the context after one space unless the context already ends in whitespace; context and option are
 tokenized separately (no special tokens) after the tokenizer's BOS, so the option's tokens are exactly those scored.
-A context longer than ``max_length`` minus the option is cut from the LEFT. An option with no tokens gets +inf.
+A context longer than ``max_length`` minus the option is cut from the LEFT. A blank option (empty or only
+whitespace) gets +inf and is never chosen.
 
 ``choose_option``: the index of the smallest loss; ties (equal losses) go to the LOWEST index.
 """
@@ -26,7 +27,7 @@ def option_losses(model, tokenizer, context: str, options: Sequence[str], max_le
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     sep = option_separator(context)
-    conts = [tokenizer(sep + opt, add_special_tokens=False)["input_ids"] for opt in options]
+    conts = [tokenizer(sep + opt, add_special_tokens=False)["input_ids"] if opt.strip() else [] for opt in options]
     seqs, spans = [], []
     for cont in conts:
         if not cont:

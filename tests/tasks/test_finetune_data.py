@@ -1,0 +1,127 @@
+"""Prompt rendering and label masking (exact, token by token) of task=instruct and task=math on fixture rows;
+the skip rules for malformed rows; the one-line offline failures."""
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+
+from runner.tokenizer import BOS_ID, EOS_ID, byte_tokenizer
+from tasks.alpaca_prompt import alpaca_prompt
+from tasks.base import TaskDataError
+from tasks.chat_format import render_tulu, tulu_prompt, tulu_segments, validate_messages
+from tasks.data_source import load_rows
+from tasks.instruct import InstructTask
+from tasks.math import MathTask, metamath_segments
+from tasks.supervised import IGNORE_INDEX, PaddingCollator, build_examples, tokenize_segments
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TULU = FIXTURES / "tulu" / "tulu_v2_sft_mixture.jsonl"
+METAMATH = FIXTURES / "metamath" / "metamathqa.jsonl"
+
+
+def _bytes(text):
+    return list(text.encode("utf-8"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer(model_max_length=4096)
+
+
+def test_tulu_rendering_and_masking_token_by_token(tok):
+    rows = [json.loads(line) for line in TULU.read_text().splitlines()]
+    messages = rows[1]["messages"]   # system, user, assistant, user, assistant
+    assert render_tulu(messages) == ("<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
+                                     "Hi!</s>\n<|user|>\nNow say bye.\n<|assistant|>\nBye!</s>")
+    ex = tokenize_segments(tok, tulu_segments(messages))
+    prefix1 = "<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
+    between = "\n<|user|>\nNow say bye.\n<|assistant|>\n"
+    expected_ids = [BOS_ID] + _bytes(prefix1) + _bytes("Hi!") + [EOS_ID] + _bytes(between) + _bytes("Bye!") + [EOS_ID]
+    expected_labels = ([IGNORE_INDEX] * (1 + len(_bytes(prefix1))) + _bytes("Hi!") + [EOS_ID]
+                       + [IGNORE_INDEX] * len(_bytes(between)) + _bytes("Bye!") + [EOS_ID])
+    assert ex.input_ids == expected_ids
+    assert ex.labels == expected_labels
+    assert tulu_prompt(messages[:2]) == "<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
+
+
+def test_tulu_invalid_rows_are_named():
+    assert validate_messages([]) == "missing_messages"
+    assert validate_messages([{"role": "user", "content": "hi"}]) == "no_assistant_turn"
+    assert validate_messages([{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]) == \
+        "unknown_role"
+    assert validate_messages([{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]) == \
+        "empty_content"
+
+
+def test_metamath_prompt_and_masking_token_by_token(tok):
+    row = json.loads(METAMATH.read_text().splitlines()[0])
+    prompt = alpaca_prompt(row["query"])
+    assert prompt == ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                      "the request.\n\n### Instruction:\nTom has 3 apples and buys 2 more. How many apples does he "
+                      "have?\n\n### Response:")
+    ex = tokenize_segments(tok, metamath_segments(row))
+    response = " " + row["response"]
+    assert ex.input_ids == [BOS_ID] + _bytes(prompt) + _bytes(response) + [EOS_ID]
+    assert ex.labels == [IGNORE_INDEX] * (1 + len(_bytes(prompt))) + _bytes(response) + [EOS_ID]
+    assert metamath_segments({"query": "q", "response": ""}) == "empty"
+    assert metamath_segments({"response": "r"}) == "missing_field"
+
+
+def test_overlong_rules(tok):
+    segs = [("prompt-" * 10, False), ("answer", True)]          # BOS + 70 prompt bytes + 6 answer bytes = 77
+    rows, info = build_examples(tok, [segs, None], max_length=76, overlong="truncate")
+    assert len(rows[0]["input_ids"]) == 76 and info["n_truncated"] == 1
+    assert rows[0]["labels"][-6:] == [IGNORE_INDEX] + _bytes("answe")
+    rows, info = build_examples(tok, [segs], max_length=76, overlong="skip")
+    assert rows == [] and info["n_skipped_overlong"] == 1
+    rows, info = build_examples(tok, [segs], max_length=20, overlong="truncate")   # answer cut away entirely
+    assert rows == [] and info["n_skipped_no_target"] == 1
+    with pytest.raises(ValueError, match="overlong"):
+        build_examples(tok, [segs], max_length=10, overlong="drop")
+
+
+def test_collator_pads_labels_with_ignore_index():
+    batch = PaddingCollator(pad_token_id=256)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+                                               {"input_ids": [4], "labels": [4]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 256, 256]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+
+
+def test_instruct_prepare_counts_skipped_rows(tok):
+    data = InstructTask({"name": "instruct", "data_path": str(TULU), "max_length": 2048}).prepare(tok)
+    assert data.info["n_rows"] == 7 and data.info["n_train"] == 4
+    assert data.info["n_skipped_no_assistant_turn"] == 1
+    assert data.info["n_skipped_empty_content"] == 1
+    assert data.info["n_skipped_unknown_role"] == 1
+    first = data.train[0]
+    scored = [i for i, label in zip(first["input_ids"], first["labels"]) if label != IGNORE_INDEX]
+    assert tok.decode(scored) == "The capital of France is Paris.</s>"
+
+
+def test_math_prepare_counts_skipped_rows(tok):
+    data = MathTask({"name": "math", "data_path": str(METAMATH), "max_length": 512}).prepare(tok)
+    assert (data.info["n_rows"], data.info["n_train"]) == (6, 4)
+    assert data.info["n_skipped_empty"] == 1 and data.info["n_skipped_missing_field"] == 1
+
+
+@pytest.mark.parametrize("task_cls, name, dataset", [(MathTask, "math", "meta-math/MetaMathQA"),
+                                                      (InstructTask, "instruct", "allenai/tulu-v2-sft-mixture")])
+def test_offline_without_local_copy_fails_fast_in_one_line(tok, task_cls, name, dataset):
+    start = time.time()
+    with pytest.raises(TaskDataError) as info:
+        task_cls({"name": name}).prepare(tok)
+    message = str(info.value)
+    assert time.time() - start < 10
+    assert "\n" not in message
+    assert dataset in message and "task.data_path=" in message and "huggingface-cli download" in message
+
+
+def test_missing_local_file_is_named(tmp_path):
+    with pytest.raises(TaskDataError, match=r"task.data_path=.*nope.jsonl does not exist"):
+        load_rows(hf_name="x/y", data_path=tmp_path / "nope.jsonl", what="data")
