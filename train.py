@@ -50,6 +50,22 @@ def check_group_choices(argv: list[str]) -> None:
             fail(f"unknown {key} {value!r}; valid {key} options: {', '.join(group_options(key))}")
 
 
+def check_composes(argv: list[str]) -> None:
+    """Compose the config once with Hydra's compose API so that a composition error (unknown key, bad override
+    syntax, missing option) is reported as one line; sweeps (``-m``) and ``hydra.*`` overrides are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name="config", overrides=overrides)
+    except Exception as e:  # Hydra's ConfigCompositionException, OverrideParseException, MissingConfigException …
+        text = str(e) + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
+        lines = [l.strip() for l in text.splitlines()
+                 if l.strip() and "HYDRA_FULL_ERROR" not in l and not l.strip().startswith(("full_key", "object_type"))]
+        fail("; ".join(lines) or type(e).__name__)
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     from runner.run import run_experiment
@@ -67,5 +83,8 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     if not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--info") for a in sys.argv[1:]):
-        check_group_choices([a for a in sys.argv[1:] if not a.startswith("hydra")])
+        argv = sys.argv[1:]
+        check_group_choices([a for a in argv if not a.startswith("hydra")])
+        if not any(a in ("-m", "--multirun") for a in argv):
+            check_composes(argv)
     main()

@@ -15,30 +15,9 @@ from typing import Any, Mapping
 from torch import nn
 
 from runner.errors import ConfigError
+from runner.validation import METHODS, adapter_method, check_rank
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-METHODS = ("fft", "lora", "dora", "hira", "miss", "mora")
-_METHOD_OF_NAME = {"relora": "lora", "remora": "mora"}
-
-
-def adapter_method(adapter_cfg: Mapping[str, Any]) -> str:
-    """The PEFT method behind an adapter config (``method``, else the name; relora → lora, remora → mora)."""
-    name = str(adapter_cfg.get("name", ""))
-    method = adapter_cfg.get("method") or _METHOD_OF_NAME.get(name, name)
-    if method not in METHODS:
-        raise ConfigError(f"unknown adapter method {method!r} (adapter {name!r}); valid: {', '.join(METHODS)}")
-    return str(method)
-
-
-def check_rank(r: Any) -> int:
-    """``r`` as a positive int, else ``ConfigError`` naming the value."""
-    if isinstance(r, bool) or not isinstance(r, int):
-        if isinstance(r, float) and r.is_integer():
-            return check_rank(int(r))
-        raise ConfigError(f"r must be a positive integer, got r={r!r}")
-    if r <= 0:
-        raise ConfigError(f"r must be a positive integer, got r={r}")
-    return r
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

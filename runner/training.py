@@ -9,7 +9,6 @@ dataloader_num_workers.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -19,12 +18,11 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from runner.errors import ConfigError, NonFiniteLossError
+from runner.validation import check_learning_rate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED_DIR = REPO_ROOT / "configs" / "deepspeed"
 PRECISIONS = ("fp32", "bf16", "fp16")
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_COMPLETE_FILE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is partial
 
 
 # --------------------------------------------------------------------------------------------------- configuration
@@ -58,15 +56,6 @@ def _positive_int(trainer_cfg: Mapping[str, Any], key: str, allow_zero: bool = F
         raise ConfigError(f"trainer.{key} must be a {'non-negative' if allow_zero else 'positive'} integer, "
                           f"got {value!r}")
     return value
-
-
-def check_learning_rate(lr: Any, key: str = "lr") -> float:
-    """``lr`` as a positive finite float, else ``ConfigError`` naming the value."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise ConfigError(f"{key} must be a positive number, got {key}={lr!r}")
-    if not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"{key} must be a positive finite number, got {key}={lr}")
-    return float(lr)
 
 
 def gradient_accumulation(batch_size: int, micro_batch_size: int, n_processes: int) -> int:
@@ -184,24 +173,3 @@ class TaskTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         self.eval_seconds += time.perf_counter() - start
         return metrics
-
-
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The checkpoint folders of ``output_dir`` that were written completely, oldest (lowest step) first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / CHECKPOINT_COMPLETE_FILE).is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
-
-
-def all_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Every ``checkpoint-<step>`` folder of ``output_dir`` (complete or not)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    return sorted(p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())

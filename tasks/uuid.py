@@ -22,9 +22,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from tasks.base import Task, TaskData, TaskDataError
+
+# torch is imported inside the functions that need it: a bad task config fails before the slow import.
 
 UUID_LENGTH = 36
 _LOSS_ON = ("sequence", "value")
@@ -99,7 +99,9 @@ class UUIDCollator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
         length = max(len(r["input_ids"]) for r in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), length), -100, dtype=torch.long)
@@ -208,10 +210,11 @@ class UUIDTask(Task):
         )
 
     # ---- evaluation -------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def greedy_values(self, model, tokenizer, keys: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy continuation of ``[<s>] key ":"`` for each key, decoded (special tokens dropped, whitespace
         stripped). Prompts are left-padded into batches of ``eval_batch_size``."""
+        import torch
+
         device = next(model.parameters()).device
         pad_id = _pad_id(tokenizer)
         outputs: list[str] = []
@@ -236,9 +239,10 @@ class UUIDTask(Task):
                 outputs.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
         return outputs
 
-    @torch.no_grad()
     def teacher_forced_accuracy(self, model, tokenizer, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Per pair: fraction of value tokens predicted (argmax) correctly given the true prefix."""
+        import torch
+
         device = next(model.parameters()).device
         pad_id = _pad_id(tokenizer)
         scores: list[float] = []
@@ -260,13 +264,16 @@ class UUIDTask(Task):
         return scores
 
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
+        import torch
+
         pairs = self.eval_pairs()
         was_training = model.training
         model.eval()
         try:
             max_new = max(len(self.value_ids(tokenizer, v)) for _, v in pairs) + 1
-            generations = self.greedy_values(model, tokenizer, [k for k, _ in pairs], max_new)
-            tf_scores = self.teacher_forced_accuracy(model, tokenizer, pairs)
+            with torch.no_grad():
+                generations = self.greedy_values(model, tokenizer, [k for k, _ in pairs], max_new)
+                tf_scores = self.teacher_forced_accuracy(model, tokenizer, pairs)
         finally:
             model.train(was_training)
         targets = [v for _, v in pairs]
