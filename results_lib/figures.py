@@ -162,19 +162,41 @@ def pretrain_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     return out
 
 
-def _analysis_layers(run: RunRecord) -> list[dict]:
+def _first_integer(path: str) -> int | None:
+    return next((int(part) for part in path.split(".") if part.isdigit()), None)
+
+
+def analysis_layers(run: RunRecord) -> tuple[float | None, list[dict]]:
+    """``(threshold, [{"name", "module", "layer_index", "count"}, ...])`` from a record's ``analysis``.
+
+    Two layouts are read: moRA.analysis's ``{"delta_w_singular_values": {"threshold": 0.1, "sv_above_threshold":
+    {"model.layers.0.self_attn.q_proj": 12, ...}, ...}}`` (module = last path component, layer index = first integer
+    component) and the flat ``{"sv_threshold": 0.1, "layers": [{"name", "module", "layer_index", "count",
+    "shape"}]}``. Entries without a module or layer index are left out."""
     analysis = run.analysis or {}
-    layers = analysis.get("layers")
-    if not isinstance(layers, list):
-        return []
-    return [layer for layer in layers if isinstance(layer, dict) and isinstance(layer.get("layer_index"), int)
-            and isinstance(layer.get("count"), (int, float)) and isinstance(layer.get("module"), str)]
+    nested = analysis.get("delta_w_singular_values")
+    if isinstance(nested, dict) and isinstance(nested.get("sv_above_threshold"), dict):
+        threshold = nested.get("threshold")
+        layers = [{"name": name, "module": name.rsplit(".", 1)[-1], "layer_index": _first_integer(name),
+                   "count": count} for name, count in sorted(nested["sv_above_threshold"].items())]
+    elif isinstance(analysis.get("layers"), list):
+        threshold = analysis.get("sv_threshold")
+        layers = [layer for layer in analysis["layers"] if isinstance(layer, dict)]
+    else:
+        return None, []
+    usable = [layer for layer in layers if isinstance(layer.get("layer_index"), int)
+              and isinstance(layer.get("count"), (int, float)) and not isinstance(layer.get("count"), bool)
+              and isinstance(layer.get("module"), str)]
+    return (float(threshold) if isinstance(threshold, (int, float)) else None), usable
+
+
+def _analysis_layers(run: RunRecord) -> list[dict]:
+    return analysis_layers(run)[1]
 
 
 def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     """Number of singular values of ΔW above the threshold per layer: one panel per module type, one line per
-    method (mean over seeds). Reads ``record["analysis"]`` = {"sv_threshold": float, "layers": [{"name": str,
-    "module": str, "layer_index": int, "count": int, "shape": [d, k]}, ...]}."""
+    method (mean over seeds). Reads ``record["analysis"]`` through :func:`analysis_layers`."""
     runs = [rec for rec in records if _analysis_layers(rec)]
     out = []
     for task, model in sorted({(rec.task, rec.model) for rec in runs}, key=lambda s: (s[0], model_sort_key(s[1]))):
@@ -185,8 +207,10 @@ def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figu
             _, chosen = _best_runs(by_lr, task)
             table: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
             for run in chosen:
-                thresholds.add(float((run.analysis or {}).get("sv_threshold", 0.1)))
-                for layer in _analysis_layers(run):
+                threshold, layers = analysis_layers(run)
+                if threshold is not None:
+                    thresholds.add(threshold)
+                for layer in layers:
                     table[layer["module"]][layer["layer_index"]].append(float(layer["count"]))
             per_method[key] = table
         modules = sorted({m for table in per_method.values() for m in table}, key=_module_order)
@@ -212,7 +236,7 @@ def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figu
                 ax.set_ylabel("singular values > threshold")
         for index in range(len(modules), rows * cols):
             axes[index // cols][index % cols].set_visible(False)
-        threshold = ", ".join(f"{t:g}" for t in sorted(thresholds))
+        threshold = ", ".join(f"{t:g}" for t in sorted(thresholds)) or "the threshold"
         fig.suptitle(f"Number of singular values of ΔW above {threshold}, per layer\n"
                      f"task {task}, model {model_name(model)}; mean over seeds", fontsize=10)
         handles, labels = axes[0][0].get_legend_handles_labels()

@@ -41,6 +41,10 @@ def test_singular_value_figure_has_a_panel_per_module(fixture_records):
     assert [ax.get_title() for ax in visible] == ["q_proj", "v_proj"]
     mora = next(line for line in visible[0].get_lines() if line.get_label() == "MoRA r=8 (rope)")
     assert list(mora.get_xdata()) == [0, 1] and list(mora.get_ydata()) == [14.0, 22.0]
+    # ReMoRA's record uses moRA.analysis's nested layout: module and layer index come from the layer paths
+    remora = next(line for line in visible[1].get_lines() if line.get_label() == "ReMoRA r=8 (sharing)")
+    assert list(remora.get_xdata()) == [0, 1] and list(remora.get_ydata()) == [14.0, 22.0]
+    assert "above 0.1" in fig.get_suptitle()
 
 
 def test_ablation_bars_and_not_run_types(fixture_records):
