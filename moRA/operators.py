@@ -271,35 +271,85 @@ def block_matrices(M: torch.Tensor, mora_type: str, n_blocks: int, tables: torch
     return M.unsqueeze(0).expand(n_blocks, -1, -1)
 
 
-def gather_input_blocks(x: torch.Tensor, r: int, n_out: int) -> torch.Tensor:
-    """The first ``n_out`` r-sized blocks of the wrap-padded x: ``(..., k) → (..., n_out, r)``. A view when they
-    lie inside x; only a block that wraps around is gathered."""
+def _input_block(x: torch.Tensor, b: int, r: int) -> torch.Tensor:
+    """Input block b of the wrap-padded x: ``(N, k) → (N, r)``; a view unless the block wraps around."""
     k = x.shape[-1]
-    full = min(n_out, k // r)
-    parts = []
-    if full:
-        parts.append(x[..., : full * r].unflatten(-1, (full, r)))
-    if n_out > full:
-        idx = _wrap_index((n_out - full) * r, k, x.device) + full * r
-        parts.append(x[..., idx % k].unflatten(-1, (n_out - full, r)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+    if (b + 1) * r <= k:
+        return x[:, b * r : (b + 1) * r]
+    return x[:, (b * r + torch.arange(r, device=x.device)) % k]
+
+
+class _BlockBranch(torch.autograd.Function):
+    """``out (…, d) += f_decomp(blockwise(x))`` for the block types, in place, one GEMM per output block.
+
+    Each GEMM reads its input block as a strided view of x and writes straight into its columns of ``out`` (BLAS
+    leading dimensions do the layout), so no padded, rotated or re-laid-out copy of x or of the output is made;
+    only the block that wraps around x is gathered. The backward pass writes grad_x block by block the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, out, x, blocks):
+        d, k = out.shape[-1], x.shape[-1]
+        n_out, r = blocks.shape[0], blocks.shape[-1]
+        width = num_blocks(k, r) * r
+        out2, x2 = out.view(-1, d), x.reshape(-1, k)
+        tiled = d > width
+        target = out2.new_empty(out2.shape[0], width) if tiled else out2
+        for b in range(n_out):
+            h = min(r, target.shape[-1] - b * r)  # the last block may be cut by d
+            w_t = blocks[b, :h].T
+            dst = target[:, b * r : b * r + h]
+            if tiled:
+                torch.mm(_input_block(x2, b, r), w_t, out=dst)
+            else:
+                dst.addmm_(_input_block(x2, b, r), w_t)
+        if tiled:
+            add_tiled_(out2, target)
+        ctx.save_for_backward(x, blocks)
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, blocks = ctx.saved_tensors
+        d, k = grad_out.shape[-1], x.shape[-1]
+        n_out, r = blocks.shape[0], blocks.shape[-1]
+        width = num_blocks(k, r) * r
+        g = grad_out.reshape(-1, d)
+        if d > width:  # fold the tiles of the output back onto the n·r block outputs
+            g = g[:, :width].clone()
+            for start in range(width, d, width):
+                g[:, : min(width, d - start)] += grad_out.reshape(-1, d)[:, start : start + width]
+        x2 = x.reshape(-1, k)
+        grad_x = grad_blocks = None
+        aligned = min(n_out, k // r)
+        if ctx.needs_input_grad[1]:
+            gx = x2.new_empty(x2.shape)
+            for b in range(aligned):
+                h = min(r, g.shape[-1] - b * r)
+                torch.mm(g[:, b * r : b * r + h], blocks[b, :h], out=gx[:, b * r : (b + 1) * r])
+            gx[:, aligned * r :].zero_()  # features no output block reads (and the wrap block's, added below)
+            for b in range(aligned, n_out):
+                h = min(r, g.shape[-1] - b * r)
+                cols = (b * r + torch.arange(r, device=x.device)) % k
+                gx.index_add_(1, cols, g[:, b * r : b * r + h] @ blocks[b, :h])
+            grad_x = gx.view(x.shape)
+        if ctx.needs_input_grad[2]:
+            grad_blocks = blocks.new_zeros(blocks.shape)
+            for b in range(n_out):
+                h = min(r, g.shape[-1] - b * r)
+                torch.mm(g[:, b * r : b * r + h].T, _input_block(x2, b, r), out=grad_blocks[b, :h])
+        return grad_out, grad_x, grad_blocks
 
 
 def add_block_branch_(out: torch.Tensor, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """``out (..., d) += f_decomp(blockwise(x))`` for the block types. ``blocks: (n_out, r, r)`` maps input block b to
     output block b; the flattened ``n_out·r`` outputs are cut to d, or tiled when d exceeds ``n·r``."""
-    d, k = out.shape[-1], x.shape[-1]
-    n_out, r = blocks.shape[0], blocks.shape[-1]
-    xb = gather_input_blocks(x, r, n_out)  # (..., n_out, r)
-    lead = xb.shape[:-2]
-    xb = xb.reshape(-1, n_out, r).transpose(0, 1)  # (n_out, N, r)
-    z = torch.bmm(xb, blocks.transpose(1, 2)).transpose(0, 1)  # (N, n_out, r)
-    z = z.reshape(*lead, n_out * r)
-    width = num_blocks(k, r) * r
-    if d <= width:
-        out.add_(z[..., :d])
-        return out
-    return add_tiled_(out, z)  # d > n·r: n_out = n, tile the flattened n·r outputs
+    if out.dtype != blocks.dtype:  # e.g. a bf16 base with an fp32 M: sum in M's precision, round once
+        return out.add_(_BlockBranch.apply(out.new_zeros(out.shape, dtype=blocks.dtype), x, blocks))
+    if not out.is_contiguous():
+        out = out.contiguous()
+    return _BlockBranch.apply(out, x, blocks)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -356,7 +406,9 @@ def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: 
             _add_block_diagonal_(W[row0 : row0 + width], blocks, k, alpha)
         return W
     feat, slot = _compression_pairs(k, r, mora_type, M.device)
-    mc = M.new_zeros(r, k).index_add_(1, feat, M[:, slot])  # M · C: (r, k), row j = what slot j of u receives
+    # (M · C)ᵀ: (k, r), row m = Σ over the pairs (m, j) of column j of M; built row-wise (fast), then laid out as
+    # M · C: (r, k), row j = what output slots reading u[j] receive.
+    mc = M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T.contiguous()
     kind = _DECOMPRESSION[mora_type]
     if kind == "tile":
         p, s = divmod(d, r)

@@ -1,0 +1,180 @@
+"""Forward+backward time of the MoRA adapter branch (every type) against PEFT LoRA at the same r and against the
+operator's compute floor, on LLaMA-2-7B projection shapes, plus the merge time per layer.
+
+Everything is measured in this one process, on the CPU, fp32, 1024 tokens. The frozen base matmul is stubbed on
+both sides (its output is a fresh zero tensor), so the table compares the adapter branches alone — the base matmul
+costs 5–10× more and would hide them. The input requires grad, as inside a network, so the backward pass writes
+grad_x.
+
+Floor (``floor``): what no implementation of the type can avoid: the GEMM of M with the per-token compressed
+vector(s) in the forward pass and its two GEMMs in the backward pass — for the block types one r̂ × r̂ GEMM per block
+that reaches the output, ⌈min(d, n·r̂)/r̂⌉ of them — on inputs already laid out for the GEMM, plus writing the output
+(N × d) and grad_x (N × k).
+
+    python scripts/bench_adapters.py                      # full table (≈ 10 min on 2 cores)
+    python scripts/bench_adapters.py --quick              # one shape, r = 8
+    python scripts/bench_adapters.py --out results/bench/bench_adapters.md
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import peft
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import moRA  # noqa: E402
+from moRA import MORA_TYPES, MoraConfig, MoraLayer, mora_rank  # noqa: E402
+from moRA.operators import num_output_blocks  # noqa: E402
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (d = out, k = in): q/o, gate/up, down
+TOKENS = 1024
+
+
+class StubLinear(nn.Linear):
+    """An nn.Linear whose forward skips the matmul: returns fresh zeros (N, d)."""
+
+    def forward(self, x):
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def adapted_layer(d: int, k: int, method: str, r: int, mora_type: str | None = None) -> nn.Module:
+    base = nn.Sequential()
+    base.add_module("proj", StubLinear(k, d, bias=False, device="meta"))
+    if method == "lora":
+        cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], init_lora_weights=False)
+    else:
+        cfg = MoraConfig(r=r, mora_type=mora_type, target_modules=["proj"], init_weights=False)
+    model = peft.get_peft_model(base, cfg)
+    layer = model.base_model.model.proj
+    # materialise the adapter weights (the base weight stays on meta: the stub never reads it)
+    for name, p in list(layer.named_parameters()):
+        if p.is_meta and p.requires_grad:
+            owner = layer.get_submodule(name.rsplit(".", 1)[0])
+            leaf = name.rsplit(".", 1)[1]
+            owner.register_parameter(leaf, nn.Parameter(torch.randn(p.shape) * 0.01))
+    return layer
+
+
+def time_fn(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    def step():
+        x.grad = None
+        for p in layer.parameters():
+            p.grad = None
+        layer(x).backward(g)
+    return step
+
+
+def floor_step(d: int, k: int, r_hat: int, n_blocks: int):
+    """The unavoidable work: forward GEMM, the two backward GEMMs, writing out (N, d) and grad_x (N, k)."""
+    xb = torch.randn(n_blocks, TOKENS, r_hat)
+    w = torch.randn(n_blocks, r_hat, r_hat)
+    gz = torch.randn(n_blocks, TOKENS, r_hat)
+    out = torch.empty(TOKENS, d)
+    gx = torch.empty(TOKENS, k)
+
+    def step():
+        torch.bmm(xb, w)
+        torch.bmm(gz, w.transpose(1, 2))
+        torch.bmm(xb.transpose(1, 2), gz)
+        out.fill_(1.0)
+        gx.fill_(1.0)
+    return step
+
+
+def merge_time(d: int, k: int, r: int, mora_type: str, repeats: int) -> float:
+    layer = nn.Linear(k, d, bias=False)
+    model = peft.get_peft_model(nn.Sequential(layer), MoraConfig(r=r, mora_type=mora_type, target_modules=["0"],
+                                                                    init_weights=False))
+    mora = next(m for m in model.modules() if isinstance(m, MoraLayer))
+
+    def step():
+        mora.merge()
+        mora.merged_adapters.clear()  # time merges only; the weight drifts, which does not matter here
+    return time_fn(step, repeats, warmup=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one shape (4096×4096) at r = 8, few repeats")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--types", default=",".join(MORA_TYPES), help="comma-separated MoRA types")
+    ap.add_argument("--ranks", default="8,256")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) to this file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    ranks = [8] if args.quick else [int(r) for r in args.ranks.split(",")]
+    repeats = 3 if args.quick else args.repeats
+    types = [moRA.canonical_mora_type(t) for t in args.types.split(",")]
+
+    lines = [
+        f"Adapter branch forward+backward, {TOKENS} tokens, fp32, CPU ({platform.processor() or platform.machine()},"
+        f" {torch.get_num_threads()} threads, torch {torch.__version__}, peft {peft.__version__}); median of "
+        f"{repeats}. Ratios: time / PEFT LoRA time at the same r; time / the type's compute floor.",
+        "",
+        "| shape d×k | r | method | r̂ | fwd+bwd ms | × LoRA | floor ms | × floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for d, k in shapes:
+        for r in ranks:
+            x = torch.randn(TOKENS, k, requires_grad=True)
+            g = torch.randn(TOKENS, d)
+            lora = adapted_layer(d, k, "lora", r)
+            t_lora = time_fn(fwd_bwd(lora, x, g), repeats)
+            row = f"| {d}×{k} | {r} | PEFT LoRA | – | {t_lora * 1e3:.2f} | 1.00 | – | – |"
+            print(row, flush=True)
+            lines.append(row)
+            del lora
+            for mora_type in types:
+                r_hat = mora_rank(d, k, r, mora_type)
+                layer = adapted_layer(d, k, "mora", r, mora_type)
+                t = time_fn(fwd_bwd(layer, x, g), repeats)
+                blocks = num_output_blocks(d, k, r_hat) if mora_type in ("rope", "decouple") else 1
+                t_floor = time_fn(floor_step(d, k, r_hat, blocks), repeats)
+                row = (f"| {d}×{k} | {r} | MoRA {mora_type} | {r_hat} | {t * 1e3:.2f} | {t / t_lora:.2f} | "
+                       f"{t_floor * 1e3:.2f} | {t / t_floor:.2f} |")
+                print(row, flush=True)
+                lines.append(row)
+                del layer
+
+    lines += ["", "Merge (ΔW computed and added to W) per layer, ms, median:", "",
+              "| shape d×k | r | type | merge ms |", "|---|---|---|---|"]
+    print("\n".join(lines[-5:]), flush=True)
+    merge_shapes = [(11008, 4096), (4096, 11008)]
+    for d, k in merge_shapes[:1] if args.quick else merge_shapes:
+        for r in ranks:
+            for mora_type in types:
+                t = merge_time(d, k, r, mora_type, max(3, repeats // 2))
+                row = f"| {d}×{k} | {r} | {mora_type} | {t * 1e3:.1f} |"
+                print(row, flush=True)
+                lines.append(row)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
