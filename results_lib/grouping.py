@@ -73,10 +73,12 @@ def group_methods(records: Iterable[RunRecord]) -> dict[MethodKey, dict[float, l
 
 @dataclass(frozen=True)
 class LrChoice:
-    """The chosen lr of one method and every candidate lr with its Stat (None when no run has the metric)."""
+    """The chosen lr of one method and every candidate lr with the Stat it was ranked by (None when no run has the
+    metric); ``seeds`` = the seeds the ranking used (those every lr has), None when it used all runs."""
 
     lr: float
     candidates: tuple[tuple[float, Stat | None], ...]
+    seeds: tuple[int, ...] | None = None
 
     @property
     def swept(self) -> bool:
@@ -87,15 +89,23 @@ def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunReco
               higher_is_better: bool) -> LrChoice:
     """The lr whose runs have the best mean ``value`` (ties: lower mean final train_loss, then smaller lr).
 
-    An lr none of whose runs has a value ranks last; when no lr has one the smallest lr is returned.
+    When several lrs were run, they are compared on the seeds they all have (a sweep's seed), so the extra seeds
+    run later at the chosen lr cannot move the choice; with no common seed, on all runs. An lr none of whose runs
+    has a value ranks last; when no lr has one the smallest lr is returned.
     """
     def loss_mean(runs: list[RunRecord]) -> float:
         stat = aggregate(run.final.get("train_loss") for run in runs)
         return stat.mean if stat is not None else float("inf")
 
+    seeds: tuple[int, ...] | None = None
+    if len(runs_by_lr) > 1:
+        common = set.intersection(*({run.seed for run in runs} for runs in runs_by_lr.values()))
+        if common and any({run.seed for run in runs} != common for runs in runs_by_lr.values()):
+            seeds = tuple(sorted(common))
     candidates = []
     ranking = []
-    for lr, runs in sorted(runs_by_lr.items()):
+    for lr, all_runs in sorted(runs_by_lr.items()):
+        runs = all_runs if seeds is None else [run for run in all_runs if run.seed in seeds]
         stat = aggregate(value(run) for run in runs)
         candidates.append((lr, stat))
         if stat is None:
@@ -104,7 +114,7 @@ def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunReco
             primary = -stat.mean if higher_is_better else stat.mean
         ranking.append(((stat is None, primary, loss_mean(runs), lr), lr))
     best = min(ranking)[1]
-    return LrChoice(best, tuple(candidates))
+    return LrChoice(best, tuple(candidates), seeds)
 
 
 def final_metric(metric: str) -> Callable[[RunRecord], float | None]:

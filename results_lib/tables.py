@@ -54,7 +54,10 @@ def lr_note(label: str, choice: LrChoice, spec: MetricSpec, what: str) -> str | 
         return None
     candidates = ", ".join(f"{format_lr(lr)} → {spec.format_number(stat.mean) if stat else MISSING}"
                            for lr, stat in choice.candidates)
-    return f"{label}: lr {format_lr(choice.lr)} shown, best mean {what} among lr {candidates}."
+    seeds = ""
+    if choice.seeds is not None:
+        seeds = f" on seed{'s' if len(choice.seeds) > 1 else ''} {', '.join(str(s) for s in choice.seeds)}"
+    return f"{label}: lr {format_lr(choice.lr)} shown, best mean {what}{seeds} among lr {candidates}."
 
 
 def _method_label(key: MethodKey) -> str:
@@ -138,10 +141,9 @@ def build_finetune_table(records: Sequence[RunRecord]) -> Table:
         model, adapter, r, mora_type = row_key
         key = MethodKey("", model, adapter, r, mora_type)
         cells = {"model": model_name(model), "method": _method_label(key)}
+        # one run per (task, lr, seed), as elsewhere
+        deduped = [run for by_lr in group_methods(rows[row_key]).values() for rs in by_lr.values() for run in rs]
         for metric in FINETUNE_METRICS:
-            task_runs = [run for run in rows[row_key]]
-            # one run per (task, lr, seed) as elsewhere
-            deduped = [run for by_lr in group_methods(task_runs).values() for rs in by_lr.values() for run in rs]
             cells[metric], choice = _cell_over_tasks(deduped, metric)
             if choice is not None:
                 note = lr_note(f"{model_name(model)} {_method_label(key)} {metric_spec(metric).label}", choice,

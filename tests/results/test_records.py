@@ -89,3 +89,17 @@ def test_tie_is_broken_by_train_loss_and_rerun_seed_counts_once():
     old = parse_record(_valid(**base, run_id="old", created="2026-01-01T00:00:00Z"), "old.json")
     new = parse_record(_valid(**base, run_id="new", created="2026-02-01T00:00:00Z"), "new.json")
     assert [rec.run_id for rec in latest_per_seed([new, old])] == ["new"]
+
+
+def test_lr_is_ranked_on_the_seeds_every_lr_has():
+    """Extra seeds run later at the chosen lr do not move the choice (the sweep compared seed 0 only)."""
+    def run(run_id, lr, seed, acc):
+        return parse_record(_valid(run_id=run_id, lr=lr, seed=seed, final={"char_acc": acc}), f"{run_id}.json")
+
+    by_lr = {1e-3: [run("a0", 1e-3, 0, 0.8), run("a1", 1e-3, 1, 0.2), run("a2", 1e-3, 2, 0.2)],
+             3e-3: [run("b0", 3e-3, 0, 0.5)]}
+    choice = choose_lr(by_lr, final_metric("char_acc"), higher_is_better=True)
+    assert choice.lr == 1e-3 and choice.seeds == (0,)
+    assert [round(stat.mean, 6) for _, stat in choice.candidates] == [0.8, 0.5]
+    same_seeds = {lr: [runs[0]] for lr, runs in by_lr.items()}
+    assert choose_lr(same_seeds, final_metric("char_acc"), True).seeds is None
