@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from results_lib.build import make_figures, make_tables
+from tests.results._paths import ROOT
 
 
 def _snapshot(folder):
@@ -12,9 +15,11 @@ def _snapshot(folder):
 
 def test_two_builds_are_byte_identical_and_second_rewrites_nothing(fixture_results, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    for out in (first, second):
-        make_tables(fixture_results, out / "tables", report=lambda m: None)
-        make_figures(fixture_results, out / "figures", report=lambda m: None)
+    for hash_seed, out in (("1", first), ("2", second)):  # separate processes, different hash seeds
+        for script, sub in (("make_tables.py", "tables"), ("make_figures.py", "figures")):
+            subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--results", str(fixture_results),
+                            "--out", str(out / sub)], check=True, capture_output=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONHASHSEED": hash_seed})
     a, b = _snapshot(first), _snapshot(second)
     assert sorted(a) == sorted(b) and len([n for n in a if n.endswith(".png")]) == 5
     assert [name for name in a if a[name] != b[name]] == []
