@@ -133,3 +133,28 @@ def test_merge_of_a_4096x11008_layer_is_vectorised():
     # a shape check only (no timing in tests): the full-size ΔW is produced for the worst-case RoPE layer
     M = torch.zeros(348, 348)
     assert delta_weight(M, 4096, 11008, "rope").shape == (4096, 11008)
+
+
+@pytest.mark.parametrize("mora_type", MORA_TYPES)
+@pytest.mark.parametrize("d,k,r", SHAPES)
+def test_gradcheck_of_the_branch_wrt_x_and_m(mora_type, d, k, r):
+    gen = torch.Generator().manual_seed(11)
+    M = torch.randn(r, r, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x_, m_: mora_branch(x_, m_, d, mora_type), (x, M))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mora_type", ["sharing", "contiguous", "rope", "truncation"])
+@pytest.mark.parametrize("d,k,r", [(24, 10, 4), (9, 26, 6), (7, 3, 8)])
+def test_half_precision_merge_rounds_once(dtype, mora_type, d, k, r):
+    gen = torch.Generator().manual_seed(5)
+    W = torch.randn(d, k, generator=gen).to(dtype)
+    M = torch.randn(r, r, generator=gen)
+    want = (W.float() + delta_weight(M, d, k, mora_type)).to(dtype)
+    got = ops.add_delta_weight_(W.clone(), M, mora_type)
+    assert torch.equal(got, want)
+    # the transposed (Conv1D) layout
+    got_t = W.T.clone()
+    ops.add_delta_weight_(got_t.T, M, mora_type)
+    assert torch.equal(got_t.T, want)
