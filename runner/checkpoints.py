@@ -33,9 +33,11 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for p in all_checkpoints(output_dir) if (p / CHECKPOINT_COMPLETE_FILE).is_file()]
 
 
-def plan_start(output_dir: str | Path, resume: bool, overwrite: bool) -> tuple[Path | None, list[Path]]:
+def plan_start(output_dir: str | Path, resume: bool | str, overwrite: bool) -> tuple[Path | None, list[Path]]:
     """Decide where training starts, without touching the folder: ``(resume_from, stale)``.
 
+    - ``resume="auto"`` (sweeps, SLURM requeue): the last complete checkpoint of an unfinished run (no record copy in
+      the folder) if there is one, else a fresh start (a finished run's checkpoints are ``stale``).
     - ``resume``: ``resume_from`` = the last complete checkpoint; ``ResumeError`` when there is none.
     - otherwise ``resume_from`` is ``None``; checkpoints of an unfinished run (no record copy in the folder) raise
       ``ResumeError`` saying what to do, unless ``overwrite``; checkpoints of a finished run (or with ``overwrite``)
@@ -43,6 +45,11 @@ def plan_start(output_dir: str | Path, resume: bool, overwrite: bool) -> tuple[P
       cannot pick up one of them).
     """
     output_dir = Path(output_dir)
+    if resume == "auto":
+        checkpoints = complete_checkpoints(output_dir)
+        if checkpoints and not (output_dir / RECORD_COPY_NAME).is_file():
+            return checkpoints[-1], []
+        return None, all_checkpoints(output_dir)
     if resume:
         checkpoints = complete_checkpoints(output_dir)
         if not checkpoints:

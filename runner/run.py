@@ -74,8 +74,20 @@ def _check_train_data(data, task_name: str) -> None:
         raise TaskDataError(f"{task_name}: training rows have no 'input_ids' field (fields: {columns})")
 
 
-def _setup_logger(logger_cfg: Mapping[str, Any], output_dir: Path) -> list[str]:
-    """Environment for the Trainer's W&B integration; returns ``report_to``."""
+def wandb_run_id(run_id: str) -> str:
+    """The W&B run id of a run: its ``run_id`` (already limited to ``[A-Za-z0-9._=+-]``), shortened with a hash past
+    64 characters, so that a resumed or requeued run continues the same W&B run."""
+    import hashlib
+
+    if len(run_id) <= 64:
+        return run_id
+    return f"{run_id[:55]}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+
+
+def _setup_logger(logger_cfg: Mapping[str, Any], output_dir: Path, run_id: str = "", group: str | None = None
+                  ) -> list[str]:
+    """Environment for the Trainer's W&B integration; returns ``report_to``. The W&B run id is derived from
+    ``run_id`` (resumed with ``WANDB_RESUME=allow``), the W&B group is the sweep name."""
     backend = str(logger_cfg.get("backend", "none"))
     if backend == "none":
         return []
@@ -91,6 +103,13 @@ def _setup_logger(logger_cfg: Mapping[str, Any], output_dir: Path) -> list[str]:
     if logger_cfg.get("entity"):
         os.environ["WANDB_ENTITY"] = str(logger_cfg["entity"])
     os.environ.setdefault("WANDB_SILENT", "true")
+    if run_id:
+        os.environ["WANDB_RUN_ID"] = wandb_run_id(run_id)
+        os.environ["WANDB_RESUME"] = "allow"
+    if group:
+        os.environ["WANDB_RUN_GROUP"] = str(group)
+    else:
+        os.environ.pop("WANDB_RUN_GROUP", None)  # a previous job of the same multirun process may have set it
     return ["wandb"]
 
 
@@ -101,6 +120,29 @@ def _finish_wandb() -> None:
         return
     if wandb.run is not None:
         wandb.finish()
+
+
+def resume_mode(value: Any) -> bool | str:
+    """``cfg.resume``: ``true`` | ``false`` | ``"auto"`` (skip a run whose completed record exists, else resume from
+    the last complete checkpoint if any, else start; what sweeps and SLURM requeues use)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() == "auto":
+        return "auto"
+    raise ConfigError(f"resume must be true, false or auto, got {value!r}")
+
+
+def completed_record(results_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+    """The valid completed record ``<results_dir>/<run_id>.json``, or ``None`` (missing or not a valid record)."""
+    from runner.record import RecordError, load_record
+
+    path = Path(str(results_dir)) / f"{run_id}.json"
+    if not path.is_file():
+        return None
+    try:
+        return load_record(path)
+    except RecordError:
+        return None
 
 
 def _choice(choices: Mapping[str, Any] | None, key: str) -> str | None:
@@ -120,13 +162,24 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     r, lr, seed, method = values["r"], values["lr"], values["seed"], values["method"]
     run_id = str(cfg.run_id)
     output_dir = Path(str(cfg.output_dir))
+    resume = resume_mode(cfg.resume)
+    if resume == "auto":
+        done = completed_record(cfg.results_dir, run_id)
+        if done is not None:
+            print(f"{run_id}: skipped, completed record exists ({Path(str(cfg.results_dir)) / (run_id + '.json')})",
+                  flush=True)
+            return RunSummary(run_id=run_id, record_path=Path(str(cfg.results_dir)) / f"{run_id}.json",
+                              output_dir=output_dir, final=dict(done["final"]), wall_time_s=time.time() - start,
+                              record=done)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
 
     from tasks import build_task
 
     task = build_task(cfg.task)
-    resume_from, stale = plan_start(output_dir, bool(cfg.resume), bool(cfg.get("overwrite", False)))
+    resume_from, stale = plan_start(output_dir, resume, bool(cfg.get("overwrite", False)))
+    if resume_from is not None:
+        print(f"{run_id}: resuming from {resume_from}", flush=True)
 
     # heavy imports from here on
     import torch
@@ -138,7 +191,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
-    report_to = _setup_logger(cfg.logger, output_dir)
+    report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
     args = training_arguments(cfg.trainer, output_dir, run_id, report_to)
     if cfg.trainer.get("num_threads") is not None:
         torch.set_num_threads(int(cfg.trainer.num_threads))
