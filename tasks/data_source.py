@@ -49,14 +49,18 @@ def local_data_files(data_path: str | os.PathLike, what: str, key: str) -> tuple
     return formats.pop(), [str(Path(f).resolve()) for f in files]
 
 
-def how_to_get(hf_name: str, key: str, config: str | None = None) -> str:
+def how_to_get(hf_name: str, key: str | None, config: str | None = None, target: str = "DIR/<file or folder>") -> str:
+    """The one-line instruction to get ``hf_name``: download + the config key to set (``key=None``: into the cache)."""
     cfg = f" (config {config})" if config else ""
+    if key is None:
+        return f"download it into the Hugging Face cache with `huggingface-cli download --repo-type dataset {hf_name}`{cfg}"
     return (f"download it with `huggingface-cli download --repo-type dataset {hf_name} --local-dir DIR`{cfg} "
-            f"and set {key}=DIR/<file or folder>")
+            f"and set {key}={target}")
 
 
 def load_rows(*, hf_name: str | None, split: str = "train", config: str | None = None,
-              data_path: str | os.PathLike | None = None, what: str = "dataset", key: str = "task.data_path") -> Any:
+              data_path: str | os.PathLike | None = None, what: str = "dataset", key: str | None = "task.data_path",
+              target: str = "DIR/<file or folder>") -> Any:
     """A ``datasets.Dataset`` with the rows of the local copy (if given) or of the hub dataset.
 
     ``what`` names the data in messages ("MetaMathQA training data"), ``key`` is the config key to point at a
@@ -74,10 +78,21 @@ def load_rows(*, hf_name: str | None, split: str = "train", config: str | None =
         raise TaskDataError(f"{what}: no dataset name and no {key} given")
     if not _offline() and not hub_reachable():
         raise TaskDataError(f"{what}: cannot reach huggingface.co to load '{hf_name}' and no local copy is configured; "
-                            + how_to_get(hf_name, key, config))
+                            + how_to_get(hf_name, key, config, target))
     try:
         return datasets.load_dataset(hf_name, config, split=split)
     except Exception as exc:
         reason = (str(exc).splitlines() or [""])[0][:160]
         raise TaskDataError(f"{what}: cannot load '{hf_name}'{'/' + config if config else ''} split '{split}' "
-                            f"({type(exc).__name__}: {reason}); " + how_to_get(hf_name, key, config)) from None
+                            f"({type(exc).__name__}: {reason}); " + how_to_get(hf_name, key, config, target)) from None
+
+
+def require_hub_dataset(hf_name: str, config: str | None, split: str, what: str, key: str | None) -> None:
+    """Fail fast (one line) when ``hf_name`` will not load: with the hub switched off it must be in the local
+    cache (checked by loading it, which then also warms lm-eval's load); with the hub on it must be reachable."""
+    if not _offline():
+        if not hub_reachable():
+            raise TaskDataError(f"{what}: cannot reach huggingface.co to load '{hf_name}' and no local copy is "
+                                f"configured; " + how_to_get(hf_name, key, config))
+        return
+    load_rows(hf_name=hf_name, config=config, split=split, what=what, key=key)

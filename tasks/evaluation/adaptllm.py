@@ -90,7 +90,8 @@ def local_task_file(data_dir: str | Path, task: AdaptLLMTask) -> Path:
 def task_rows(hub: str, task: AdaptLLMTask, data_dir: str | None, key: str):
     if data_dir:
         return load_rows(hf_name=None, data_path=local_task_file(data_dir, task), what=f"AdaptLLM {task.config}", key=key)
-    return load_rows(hf_name=hub, config=task.config, split="test", what=f"AdaptLLM {task.config} ({hub})", key=key)
+    return load_rows(hf_name=hub, config=task.config, split="test", what=f"AdaptLLM {task.config} ({hub})", key=key,
+                     target="DIR")
 
 
 def row_problem(row: Mapping[str, Any], task: AdaptLLMTask) -> str | None:

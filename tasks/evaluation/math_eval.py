@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import _offline, how_to_get, hub_reachable, local_data_files
+from tasks.data_source import how_to_get, local_data_files, require_hub_dataset
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     generation_of, load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -16,6 +16,10 @@ from tasks.evaluation.lm_eval_tasks import mora_scorers
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                  "prealgebra", "precalculus")
 HUB_NAMES = {"gsm8k": ("openai/gsm8k", "main"), "math": ("EleutherAI/hendrycks_math", None)}
+# hub data of lm-eval's stock tasks, checked before lm-eval indexes its ~10k task files (a slow way to fail)
+STOCK_DATA = {"gsm8k": ("openai/gsm8k", "main"), "gsm8k_cot": ("openai/gsm8k", "main"),
+              "minerva_math": ("EleutherAI/hendrycks_math", "algebra"),
+              "hendrycks_math": ("EleutherAI/hendrycks_math", "algebra")}
 
 
 def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
@@ -44,12 +48,10 @@ def suite_specs(suite: str, cfg: Mapping) -> list[dict]:
     if data_path:
         return [with_local_data(template, _one_file(data_path, f"{suite} evaluation data", key))]
     hub_name, config = HUB_NAMES[suite]
-    if not _offline() and not hub_reachable():
-        raise TaskDataError(f"{suite} evaluation data: cannot reach huggingface.co to load '{hub_name}' and no local "
-                            f"copy is configured; " + how_to_get(hub_name, key, config))
+    subjects = list(_get(suite_cfg, "subjects", MATH_SUBJECTS)) if suite == "math" else []
+    require_hub_dataset(hub_name, config or subjects[0], "test", f"{suite} evaluation data", key)
     if suite == "gsm8k":
         return [template]
-    subjects = _get(suite_cfg, "subjects", MATH_SUBJECTS)
     return [dict(template, dataset_name=s, task=f"mora_math_{s}") for s in subjects]
 
 
@@ -93,6 +95,9 @@ def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None
 
 def _stock(lm, name: str, limit, output_dir: Path | None) -> dict[str, float]:
     """lm-eval's own task ``name`` (its prompt, few-shot and scoring), every numeric metric as ``lm_eval/name/m``."""
+    if name in STOCK_DATA:
+        hub_name, config = STOCK_DATA[name]
+        require_hub_dataset(hub_name, config, "test", f"lm-eval task {name!r}", None)
     try:
         metrics, samples = run_tasks(lm, [name], limit=limit, include_defaults=True)
     except Exception as exc:

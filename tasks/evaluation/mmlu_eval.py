@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import _offline, how_to_get, hub_reachable, load_rows, local_data_files
+from tasks.data_source import how_to_get, load_rows, local_data_files, require_hub_dataset
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -95,10 +95,9 @@ def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> di
     local = source == "local" or (source == "auto" and test_path)
     if local and not test_path:
         raise TaskDataError("MMLU: task.eval.mmlu.source=local needs task.eval.mmlu.test_path (cais/mmlu schema)")
-    if not local and not _offline() and not hub_reachable():
-        raise TaskDataError("MMLU: cannot reach huggingface.co for lm-eval's mmlu (cais/mmlu) and no local copy is "
-                            "configured; " + how_to_get("cais/mmlu", "task.eval.mmlu.test_path", "all")
-                            + " and task.eval.mmlu.dev_path")
+    if not local:
+        require_hub_dataset("cais/mmlu", "abstract_algebra", "test", "MMLU (lm-eval's mmlu reads cais/mmlu)",
+                            "task.eval.mmlu.test_path")
     specs = local_mmlu_specs(test_path, _get(mmlu_cfg, "dev_path")) if local else ["mmlu"]
     limit = _get(cfg, "limit")
     results = {}

@@ -125,3 +125,48 @@ def test_offline_without_local_copy_fails_fast_in_one_line(tok, task_cls, name, 
 def test_missing_local_file_is_named(tmp_path):
     with pytest.raises(TaskDataError, match=r"task.data_path=.*nope.jsonl does not exist"):
         load_rows(hf_name="x/y", data_path=tmp_path / "nope.jsonl", what="data")
+
+
+def test_evaluation_data_offline_fails_fast_in_one_line():
+    from tasks.evaluation.adaptllm import suite_tasks, task_rows
+    from tasks.evaluation.math_eval import suite_specs
+    from tasks.evaluation.mmlu_eval import evaluate_mmlu
+
+    start = time.time()
+    with pytest.raises(TaskDataError) as gsm8k:
+        suite_specs("gsm8k", {})
+    with pytest.raises(TaskDataError) as math:
+        suite_specs("math", {})
+    with pytest.raises(TaskDataError) as mmlu:
+        evaluate_mmlu(None, None, {}, None)          # fails before touching the model
+    hub, tasks = suite_tasks("finance")
+    with pytest.raises(TaskDataError) as adapt:
+        task_rows(hub, tasks[0], None, key="task.eval.data_dir")
+    assert time.time() - start < 15
+    for info, name, key in [(gsm8k, "openai/gsm8k", "task.eval.gsm8k.data_path="),
+                            (math, "EleutherAI/hendrycks_math", "task.eval.math.data_path="),
+                            (mmlu, "cais/mmlu", "task.eval.mmlu.test_path="),
+                            (adapt, "AdaptLLM/finance-tasks", "task.eval.data_dir=DIR")]:
+        message = str(info.value)
+        assert "\n" not in message and name in message and key in message and "huggingface-cli download" in message
+
+
+def test_local_eval_files_are_used_and_checked(tmp_path):
+    from tasks.evaluation.adaptllm import local_task_file, suite_tasks
+    from tasks.evaluation.math_eval import suite_specs
+    from tasks.evaluation.mmlu_eval import local_mmlu_specs
+
+    specs = suite_specs("gsm8k", {"gsm8k": {"data_path": str(FIXTURES / "gsm8k")}})
+    assert specs[0]["dataset_path"] == "json"
+    assert specs[0]["dataset_kwargs"]["data_files"]["test"] == str((FIXTURES / "gsm8k" / "gsm8k_test.jsonl").resolve())
+    mmlu = local_mmlu_specs(str(FIXTURES / "mmlu" / "mmlu_test.jsonl"), str(FIXTURES / "mmlu" / "mmlu_dev.jsonl"))
+    assert [s["task"] for s in mmlu] == ["mora_mmlu_abstract_algebra", "mora_mmlu_high_school_geography"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 4}) + "\n")
+    with pytest.raises(TaskDataError, match="row 0 has answer 4"):
+        local_mmlu_specs(str(bad), None)
+    hub, tasks = suite_tasks("biomed")
+    # hub folder names differ from config names: MQP lives in MedQs/, PubMedQA in pubmed_qa/
+    assert local_task_file(FIXTURES / "adaptllm" / "medicine-tasks", tasks[3]).parent.name == "MedQs"
+    with pytest.raises(TaskDataError, match="no test.json"):
+        local_task_file(tmp_path, tasks[0])
