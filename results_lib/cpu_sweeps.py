@@ -58,16 +58,20 @@ def load_sweep(experiment: str, experiment_dir: Path = EXPERIMENT_DIR) -> tuple[
         raise SweepFileError(f"experiment {experiment!r} has no hydra.sweeper.params grid")
     base: dict[str, Any] = {key: data[key] for key in ("seed", "r") if key in data}
     for entry in data.get("defaults") or []:
-        if isinstance(entry, dict) and "override /adapter" in entry:
-            base["adapter"] = entry["override /adapter"]
+        for group in ("adapter", "model", "task"):
+            if isinstance(entry, dict) and f"override /{group}" in entry:
+                base[group] = entry[f"override /{group}"]
     keys = list(params)
     values = [[_scalar(v) for v in str(params[key]).split(",")] for key in keys]
     return base, [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def _point_matches(record: RunRecord, experiment: str, point: dict[str, Any], seed: int) -> bool:
+def _point_matches(record: RunRecord, experiment: str, point: dict[str, Any], seed: int,
+                   base: dict[str, Any] | None = None) -> bool:
     if record.experiment != experiment or record.seed != seed:
         return False
+    if base and any(key in base and getattr(record, key) != base[key] for key in ("model", "task")):
+        return False  # e.g. the same experiment run on another model by an override
     if "lr" in point and not math.isclose(record.lr, float(point["lr"]), rel_tol=1e-9):
         return False
     if "r" in point and record.adapter != "fft" and record.r != int(point["r"]):
@@ -87,7 +91,7 @@ def missing_points(experiment: str, records: Sequence[RunRecord], seeds: Sequenc
     missing = []
     for point in grid:
         for seed in seeds:
-            if not any(_point_matches(rec, experiment, point, seed) for rec in records):
+            if not any(_point_matches(rec, experiment, point, seed, base) for rec in records):
                 missing.append({**point, "seed": seed})
     return missing
 
@@ -107,7 +111,7 @@ def best_settings(experiment: str, records: Sequence[RunRecord], experiment_dir:
     for method in methods:
         by_lr: dict[float, list[RunRecord]] = {}
         for point in (p for p in grid if {k: v for k, v in p.items() if k != "lr"} == method):
-            runs = [rec for rec in records if _point_matches(rec, experiment, point, seed)]
+            runs = [rec for rec in records if _point_matches(rec, experiment, point, seed, base)]
             if runs:
                 by_lr[float(point.get("lr", runs[0].lr))] = runs
         if not by_lr:
@@ -118,7 +122,8 @@ def best_settings(experiment: str, records: Sequence[RunRecord], experiment_dir:
         choice = choose_lr(by_lr, final_metric(metric), spec.higher_is_better)
         shown = ", ".join(f"{lr:g}: {'—' if stat is None else spec.format_number(stat.mean)}"
                           for lr, stat in choice.candidates)
-        out.append((method, choice.lr, f"{experiment} {method or ''} best lr {choice.lr:g} by {metric} ({shown})"))
+        label = f"{experiment} {_overrides(method)}".strip()
+        out.append((method, choice.lr, f"{label}: best lr {choice.lr:g} by mean {metric} on seed {seed} ({shown})"))
     return out
 
 
@@ -154,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             points = missing_points(args.experiment, records, seeds)
             print(len([p for p in points if all(p.get(k) == v for k, v in where.items())]))
             return 0
+        base, _ = load_sweep(args.experiment)
         for method, lr, explanation in best_settings(args.experiment, records):
             if not all(method.get(k) == v for k, v in where.items()):
                 continue
             print(explanation, file=sys.stderr)
             point = {**method, "lr": lr}
-            pending = [s for s in (seeds or []) if not any(_point_matches(rec, args.experiment, point, s)
+            pending = [s for s in (seeds or []) if not any(_point_matches(rec, args.experiment, point, s, base)
                                                            for rec in records)]
             if seeds is None:
                 print(_overrides(point))

@@ -83,16 +83,17 @@ def test_matched_trainable_parameters():
         assert abs(count - lora) / lora < 0.10, (name, count, lora)
 
 
-def _rec(run_id, lr, seed, acc, r=8, mora_type=None, experiment="cpu/uuid_lora", adapter="lora"):
+def _rec(run_id, lr, seed, acc, r=8, mora_type=None, experiment="cpu/uuid_lora", adapter="lora", model="tiny"):
     return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "uuid",
-                         "adapter": adapter, "r": r, "mora_type": mora_type, "model": "tiny", "seed": seed, "lr": lr,
+                         "adapter": adapter, "r": r, "mora_type": mora_type, "model": model, "seed": seed, "lr": lr,
                          "experiment": experiment, "final": {"char_acc": acc, "train_loss": 1.0}}, run_id)
 
 
 def test_missing_and_best_lr_planning():
     records = [_rec("a", 1e-3, 0, 0.4), _rec("b", 3e-3, 0, 0.6), _rec("c", 1e-2, 0, 0.5),
                _rec("d", 3e-3, 1, 0.1), _rec("e", 1e-3, 0, 0.9, r=64),
-               _rec("f", 3e-3, 0, 0.99, experiment="cpu/other")]  # other experiments do not count
+               _rec("f", 3e-3, 0, 0.99, experiment="cpu/other"),  # other experiments do not count
+               _rec("g", 3e-3, 0, 0.99, r=64, model="tiny_scratch")]  # nor the file run on another model
     missing = missing_points("cpu/uuid_lora", records)
     assert missing == [{"r": 64, "lr": 3e-3, "seed": 0}, {"r": 64, "lr": 1e-2, "seed": 0}]
     best = {tuple(m.items()): lr for m, lr, _ in best_settings("cpu/uuid_lora", records)}
