@@ -1,9 +1,17 @@
 """Supervised fine-tuning examples: text segments → ``input_ids`` and ``labels`` with the prompt masked.
 
 A training example is a list of segments ``(text, scored)``; ``EOS`` stands for the tokenizer's end-of-sequence
-token. Each segment is tokenized on its own (no special tokens) and the pieces are concatenated after an optional
-BOS, so the boundary between prompt and target is exact at the token level: ``labels[i] = input_ids[i]`` for tokens
-of scored segments and ``-100`` elsewhere (the causal-LM shift happens inside the model).
+token. ``labels[i] = input_ids[i]`` for tokens of scored segments and ``-100`` elsewhere (the causal-LM shift happens
+inside the model). Two tokenizations, chosen automatically:
+
+- fast tokenizers: the whole example is tokenized ONCE as one string (EOS written as ``tokenizer.eos_token``, which
+  fast tokenizers read as the special token), exactly as the text would be tokenized at inference time; a token is
+  scored when the character it starts at belongs to a scored segment (``return_offsets_mapping``). This avoids the
+  spurious word-start markers SentencePiece tokenizers (LLaMA) add when a segment is tokenized on its own.
+- otherwise (slow tokenizers, or an EOS string the tokenizer does not read back as the EOS id): each segment is
+  tokenized on its own (no special tokens) and the pieces are concatenated.
+Both prepend the tokenizer's BOS (when it has one and ``add_bos``); for a byte-level tokenizer they give identical
+results.
 
 Over-long examples (``len > max_length``) follow ``overlong``:
 - ``"truncate"`` (default): keep the first ``max_length`` tokens (what the paper's "cut-off" means);
@@ -40,8 +48,53 @@ class TokenizedExample:
 
 
 def tokenize_segments(tokenizer, segments: Sequence[Segment], max_length: int | None = None,
-                      add_bos: bool = True) -> TokenizedExample:
-    """Token ids and labels of ``segments`` (see module docstring). ``input_ids``: (L,), ``labels``: (L,)."""
+                      add_bos: bool = True, method: str = "auto") -> TokenizedExample:
+    """Token ids and labels of ``segments`` (see module docstring). ``input_ids``: (L,), ``labels``: (L,).
+    ``method``: "auto" | "offsets" | "segments"."""
+    if method not in ("auto", "offsets", "segments"):
+        raise ValueError(f"method must be auto, offsets or segments, got {method!r}")
+    if method != "segments" and getattr(tokenizer, "is_fast", False):
+        example = _tokenize_with_offsets(tokenizer, segments, add_bos)
+        if example is not None:
+            return _truncate(example, max_length)
+        if method == "offsets":
+            raise ValueError("the tokenizer does not read its eos_token string back as the EOS id")
+    return _truncate(_tokenize_by_segment(tokenizer, segments, add_bos), max_length)
+
+
+def _truncate(example: TokenizedExample, max_length: int | None) -> TokenizedExample:
+    if max_length is not None and len(example.input_ids) > max_length:
+        return TokenizedExample(example.input_ids[:max_length], example.labels[:max_length], True)
+    return example
+
+
+def _tokenize_with_offsets(tokenizer, segments: Sequence[Segment], add_bos: bool) -> TokenizedExample | None:
+    eos_text, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    pieces, scored_spans, pos, n_eos = [], [], 0, 0
+    for text, scored in segments:
+        if text is EOS:
+            if eos_text is None or eos_id is None:
+                raise ValueError("the tokenizer has no eos token; an EOS segment cannot be encoded")
+            text, n_eos = eos_text, n_eos + 1
+        if scored and text:
+            scored_spans.append((pos, pos + len(text)))
+        pieces.append(text)
+        pos += len(text)
+    enc = tokenizer("".join(pieces), add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    if ids.count(eos_id) < n_eos:
+        return None
+    labels = []
+    for token, (start, end) in zip(ids, offsets):
+        inside = any(a <= start < b for a, b in scored_spans)
+        labels.append(token if inside else IGNORE_INDEX)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if add_bos and bos is not None:
+        ids, labels = [bos] + ids, [IGNORE_INDEX] + labels
+    return TokenizedExample(ids, labels, False)
+
+
+def _tokenize_by_segment(tokenizer, segments: Sequence[Segment], add_bos: bool) -> TokenizedExample:
     ids: list[int] = []
     labels: list[int] = []
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -57,10 +110,7 @@ def tokenize_segments(tokenizer, segments: Sequence[Segment], max_length: int | 
             piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         ids.extend(piece)
         labels.extend(piece if scored else [IGNORE_INDEX] * len(piece))
-    truncated = max_length is not None and len(ids) > max_length
-    if truncated:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return TokenizedExample(ids, labels, truncated)
+    return TokenizedExample(ids, labels, False)
 
 
 def build_examples(tokenizer, segment_lists: Iterable[Sequence[Segment] | None], max_length: int,

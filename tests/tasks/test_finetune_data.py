@@ -17,7 +17,7 @@ from tasks.chat_format import render_tulu, tulu_prompt, tulu_segments, validate_
 from tasks.data_source import load_rows
 from tasks.instruct import InstructTask
 from tasks.math import MathTask, metamath_segments
-from tasks.supervised import IGNORE_INDEX, PaddingCollator, build_examples, tokenize_segments
+from tasks.supervised import EOS, IGNORE_INDEX, PaddingCollator, build_examples, tokenize_segments
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TULU = FIXTURES / "tulu" / "tulu_v2_sft_mixture.jsonl"
@@ -33,12 +33,13 @@ def tok():
     return byte_tokenizer(model_max_length=4096)
 
 
-def test_tulu_rendering_and_masking_token_by_token(tok):
+@pytest.mark.parametrize("method", ["offsets", "segments"])
+def test_tulu_rendering_and_masking_token_by_token(tok, method):
     rows = [json.loads(line) for line in TULU.read_text().splitlines()]
     messages = rows[1]["messages"]   # system, user, assistant, user, assistant
     assert render_tulu(messages) == ("<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
                                      "Hi!</s>\n<|user|>\nNow say bye.\n<|assistant|>\nBye!</s>")
-    ex = tokenize_segments(tok, tulu_segments(messages))
+    ex = tokenize_segments(tok, tulu_segments(messages), method=method)
     prefix1 = "<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
     between = "\n<|user|>\nNow say bye.\n<|assistant|>\n"
     expected_ids = [BOS_ID] + _bytes(prefix1) + _bytes("Hi!") + [EOS_ID] + _bytes(between) + _bytes("Bye!") + [EOS_ID]
@@ -58,18 +59,36 @@ def test_tulu_invalid_rows_are_named():
         "empty_content"
 
 
-def test_metamath_prompt_and_masking_token_by_token(tok):
+@pytest.mark.parametrize("method", ["offsets", "segments"])
+def test_metamath_prompt_and_masking_token_by_token(tok, method):
     row = json.loads(METAMATH.read_text().splitlines()[0])
     prompt = alpaca_prompt(row["query"])
     assert prompt == ("Below is an instruction that describes a task. Write a response that appropriately completes "
                       "the request.\n\n### Instruction:\nTom has 3 apples and buys 2 more. How many apples does he "
                       "have?\n\n### Response:")
-    ex = tokenize_segments(tok, metamath_segments(row))
+    ex = tokenize_segments(tok, metamath_segments(row), method=method)
     response = " " + row["response"]
     assert ex.input_ids == [BOS_ID] + _bytes(prompt) + _bytes(response) + [EOS_ID]
     assert ex.labels == [IGNORE_INDEX] * (1 + len(_bytes(prompt))) + _bytes(response) + [EOS_ID]
     assert metamath_segments({"query": "q", "response": ""}) == "empty"
     assert metamath_segments({"response": "r"}) == "missing_field"
+
+
+def test_offsets_tokenization_scores_by_character_span():
+    """Whole-string tokenization (as SentencePiece/BPE tokenizers need): a token is scored when the character it
+    STARTS at lies in a scored segment, so a token straddling the prompt/response boundary stays unscored."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"A": 0, ": x": 1, "y": 2, "</s>": 3, "<s>": 4, "?": 5}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("A|: x|y"), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    ex = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], method="offsets")
+    assert ex.input_ids == [4, 0, 1, 2, 3]                      # <s> A ": x" y </s>
+    assert ex.labels == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 2, 3]
+    seg = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], method="segments")
+    assert seg.input_ids != ex.input_ids                         # per-segment tokenization differs here
 
 
 def test_overlong_rules(tok):
