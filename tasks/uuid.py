@@ -149,6 +149,8 @@ class UUIDTask(Task):
         if self.eval_batch_size <= 0:
             raise TaskDataError(f"uuid: task.eval_batch_size must be positive, got {self.eval_batch_size}")
         self._pairs: list[tuple[str, str]] | None = None
+        if self.data_path is not None:
+            self.pairs()  # read and check the file now: bad data fails before any model is built
 
     # ---- data -------------------------------------------------------------------------------------------------
     def pairs(self) -> list[tuple[str, str]]:
