@@ -9,8 +9,9 @@ ADAPTER_NAMES = {
 }
 ADAPTER_ORDER = list(ADAPTER_NAMES)
 
-MODEL_NAMES = {"tiny": "tiny", "llama_250m": "250M", "llama_1b": "1B", "llama2_7b": "LLaMA-2 7B"}
-MODEL_ORDER = ["tiny", "llama_250m", "llama_1b", "llama2_7b"]
+MODEL_NAMES = {"tiny": "tiny", "tiny_scratch": "tiny (from scratch)", "llama_250m": "250M", "llama_1b": "1B",
+               "llama2_7b": "LLaMA-2 7B"}
+MODEL_ORDER = ["tiny", "tiny_scratch", "llama_250m", "llama_1b", "llama2_7b"]
 
 # The compression/decompression types of MORA.md §2 in the order of the ablation table.
 MORA_TYPE_ORDER = ["sharing", "contiguous", "contiguous_tile", "sharing_interleave", "rope", "truncation", "decouple"]
