@@ -10,8 +10,9 @@ inside the model). Two tokenizations, chosen automatically:
   spurious word-start markers SentencePiece tokenizers (LLaMA) add when a segment is tokenized on its own.
 - otherwise (slow tokenizers, or an EOS string the tokenizer does not read back as the EOS id): each segment is
   tokenized on its own (no special tokens) and the pieces are concatenated.
-Both prepend the tokenizer's BOS (when it has one and ``add_bos``); for a byte-level tokenizer they give identical
-results.
+Both prepend BOS exactly when the tokenizer itself does (``tokenizer_adds_bos``: LLaMA's does, the repository's byte
+tokenizer does not), so training sees what lm-eval and ``generate`` see at evaluation; ``add_bos=True/False`` forces
+it. For a byte-level tokenizer the two tokenizations give identical results.
 
 Over-long examples (``len > max_length``) follow ``overlong``:
 - ``"truncate"`` (default): keep the first ``max_length`` tokens (what the paper's "cut-off" means);
@@ -47,12 +48,23 @@ class TokenizedExample:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` (default special tokens) starts with its BOS id."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
 def tokenize_segments(tokenizer, segments: Sequence[Segment], max_length: int | None = None,
-                      add_bos: bool = True, method: str = "auto") -> TokenizedExample:
+                      add_bos: bool | None = None, method: str = "auto") -> TokenizedExample:
     """Token ids and labels of ``segments`` (see module docstring). ``input_ids``: (L,), ``labels``: (L,).
     ``method``: "auto" | "offsets" | "segments"."""
     if method not in ("auto", "offsets", "segments"):
         raise ValueError(f"method must be auto, offsets or segments, got {method!r}")
+    if add_bos is None:
+        add_bos = tokenizer_adds_bos(tokenizer)
     if method != "segments" and getattr(tokenizer, "is_fast", False):
         example = _tokenize_with_offsets(tokenizer, segments, add_bos)
         if example is not None:
@@ -114,13 +126,15 @@ def _tokenize_by_segment(tokenizer, segments: Sequence[Segment], add_bos: bool) 
 
 
 def build_examples(tokenizer, segment_lists: Iterable[Sequence[Segment] | None], max_length: int,
-                   overlong: str = "truncate", add_bos: bool = True) -> tuple[list[dict], dict]:
+                   overlong: str = "truncate", add_bos: bool | None = None) -> tuple[list[dict], dict]:
     """Rows ``{"input_ids", "labels", "attention_mask"}`` and counts ``{"n_train", "n_truncated",
     "n_skipped_overlong", "n_skipped_no_target"}``. ``None`` entries (rows rejected upstream) are passed through
     as already counted by the caller."""
     if overlong not in ("truncate", "skip"):
         raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
     rows, info = [], {"n_truncated": 0, "n_skipped_overlong": 0, "n_skipped_no_target": 0}
+    if add_bos is None:
+        add_bos = tokenizer_adds_bos(tokenizer)
     for segments in segment_lists:
         if segments is None:
             continue

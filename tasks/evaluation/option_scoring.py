@@ -3,7 +3,8 @@
 ``option_losses``: for a context c and options o_1..o_n, the mean negative log-likelihood of the tokens of each
 option given c (length-normalised loss: the sum over the option's tokens divided by their number). The option is
 appended to the context after one space unless the context already ends in whitespace; context and option are
-tokenized separately (no special tokens) after the tokenizer's BOS, so the option's tokens are exactly those scored.
+tokenized separately (no special tokens) after BOS when the tokenizer adds one (``tokenizer_adds_bos``), so the
+option's tokens are exactly those scored.
 A context longer than ``max_length`` minus the option is cut from the LEFT. A blank option (empty or only
 whitespace) gets +inf and is never chosen.
 
@@ -16,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from tasks.supervised import tokenizer_adds_bos
+
 
 def option_separator(context: str) -> str:
     return "" if not context or context[-1].isspace() else " "
@@ -24,7 +27,7 @@ def option_separator(context: str) -> str:
 @torch.no_grad()
 def option_losses(model, tokenizer, context: str, options: Sequence[str], max_length: int = 2048) -> list[float]:
     """Mean per-token NLL of each option after ``context`` (see module docstring). Returns n floats."""
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     sep = option_separator(context)
     conts = [tokenizer(sep + opt, add_special_tokens=False)["input_ids"] if opt.strip() else [] for opt in options]
@@ -75,7 +78,7 @@ def choose_option(losses: Sequence[float]) -> int:
 def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int, stop: Sequence[str] = (),
                     max_length: int = 2048) -> str:
     """Greedy continuation of ``prompt`` (left-truncated to fit), cut before the first stop string."""
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
     ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     room = max(1, max_length - max_new_tokens - len(bos))
     ids = torch.tensor([bos + ctx[-room:]], device=next(model.parameters()).device)

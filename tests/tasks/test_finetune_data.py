@@ -42,8 +42,8 @@ def test_tulu_rendering_and_masking_token_by_token(tok, method):
     ex = tokenize_segments(tok, tulu_segments(messages), method=method)
     prefix1 = "<|system|>\nYou are a helpful assistant.\n<|user|>\nSay hi.\n<|assistant|>\n"
     between = "\n<|user|>\nNow say bye.\n<|assistant|>\n"
-    expected_ids = [BOS_ID] + _bytes(prefix1) + _bytes("Hi!") + [EOS_ID] + _bytes(between) + _bytes("Bye!") + [EOS_ID]
-    expected_labels = ([IGNORE_INDEX] * (1 + len(_bytes(prefix1))) + _bytes("Hi!") + [EOS_ID]
+    expected_ids = _bytes(prefix1) + _bytes("Hi!") + [EOS_ID] + _bytes(between) + _bytes("Bye!") + [EOS_ID]
+    expected_labels = ([IGNORE_INDEX] * len(_bytes(prefix1)) + _bytes("Hi!") + [EOS_ID]
                        + [IGNORE_INDEX] * len(_bytes(between)) + _bytes("Bye!") + [EOS_ID])
     assert ex.input_ids == expected_ids
     assert ex.labels == expected_labels
@@ -68,8 +68,10 @@ def test_metamath_prompt_and_masking_token_by_token(tok, method):
                       "have?\n\n### Response:")
     ex = tokenize_segments(tok, metamath_segments(row), method=method)
     response = " " + row["response"]
-    assert ex.input_ids == [BOS_ID] + _bytes(prompt) + _bytes(response) + [EOS_ID]
-    assert ex.labels == [IGNORE_INDEX] * (1 + len(_bytes(prompt))) + _bytes(response) + [EOS_ID]
+    assert ex.input_ids == _bytes(prompt) + _bytes(response) + [EOS_ID]     # the byte tokenizer adds no BOS
+    assert ex.labels == [IGNORE_INDEX] * len(_bytes(prompt)) + _bytes(response) + [EOS_ID]
+    with_bos = tokenize_segments(tok, metamath_segments(row), add_bos=True, method=method)
+    assert with_bos.input_ids == [BOS_ID] + ex.input_ids and with_bos.labels == [IGNORE_INDEX] + ex.labels
     assert metamath_segments({"query": "q", "response": ""}) == "empty"
     assert metamath_segments({"response": "r"}) == "missing_field"
 
@@ -84,19 +86,19 @@ def test_offsets_tokenization_scores_by_character_span():
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("A|: x|y"), behavior="isolated")
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
-    ex = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], method="offsets")
+    ex = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], add_bos=True, method="offsets")
     assert ex.input_ids == [4, 0, 1, 2, 3]                      # <s> A ": x" y </s>
     assert ex.labels == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 2, 3]
-    seg = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], method="segments")
+    seg = tokenize_segments(tok, [("A:", False), (" xy", True), (EOS, True)], add_bos=True, method="segments")
     assert seg.input_ids != ex.input_ids                         # per-segment tokenization differs here
 
 
 def test_overlong_rules(tok):
-    segs = [("prompt-" * 10, False), ("answer", True)]          # BOS + 70 prompt bytes + 6 answer bytes = 77
-    rows, info = build_examples(tok, [segs, None], max_length=76, overlong="truncate")
-    assert len(rows[0]["input_ids"]) == 76 and info["n_truncated"] == 1
+    segs = [("prompt-" * 10, False), ("answer", True)]          # 70 prompt bytes + 6 answer bytes = 76 (no BOS)
+    rows, info = build_examples(tok, [segs, None], max_length=75, overlong="truncate")
+    assert len(rows[0]["input_ids"]) == 75 and info["n_truncated"] == 1
     assert rows[0]["labels"][-6:] == [IGNORE_INDEX] + _bytes("answe")
-    rows, info = build_examples(tok, [segs], max_length=76, overlong="skip")
+    rows, info = build_examples(tok, [segs], max_length=75, overlong="skip")
     assert rows == [] and info["n_skipped_overlong"] == 1
     rows, info = build_examples(tok, [segs], max_length=20, overlong="truncate")   # answer cut away entirely
     assert rows == [] and info["n_skipped_no_target"] == 1
