@@ -1,0 +1,183 @@
+"""Training-step throughput and peak memory of LoRA vs MoRA (types sharing = 1 and rope = 6) at equal r.
+
+    python scripts/bench_train.py                      # model=tiny (r=8) and model=llama_250m (r=128, byte tokenizer)
+    python scripts/bench_train.py --models tiny --steps 10 --repeats 3
+
+Each measurement runs in a fresh process (so that the peak resident memory belongs to that configuration alone):
+build the model (``runner.models``), put the adapter on (``runner.adapters.apply_adapter``, the same code as
+``train.py``), run ``--warmup`` AdamW steps on random byte sequences, then time ``--steps`` steps. Reported per
+configuration: tokens/s (best of ``--repeats`` interleaved repetitions, to damp the noise of a shared CPU), peak
+resident memory of the process (``ru_maxrss``; on GPU ``torch.cuda.max_memory_allocated``) and its growth during
+training (peak minus the peak before the first step: gradients, optimizer state, activations). Writes a Markdown table
+to ``results/bench/bench_train.md`` (numbers only from this run) and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+METHODS = [("lora", None), ("mora", "sharing"), ("mora", "rope")]
+DEFAULT_RANK = {"tiny": 8, "llama_250m": 128}
+DEFAULT_SHAPE = {"tiny": (32, 64), "llama_250m": (4, 64)}  # (batch, sequence length)
+
+
+# ----------------------------------------------------------------------------------------------- one measurement
+def peak_memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(spec: dict) -> dict:
+    """Build ``spec["model"]`` with the adapter, train ``warmup + steps`` steps; throughput and memory."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from runner.adapters import apply_adapter
+    from runner.models import build_model, load_model_config
+
+    torch.set_num_threads(spec["threads"])
+    model_cfg = load_model_config(spec["model"])
+    if spec["model"] != "tiny":
+        model_cfg["tokenizer"] = "byte"  # offline: the architecture with byte ids (< 259) as inputs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = build_model(model_cfg, seed=0, device=device)
+    adapter_cfg = OmegaConf.to_container(OmegaConf.merge(
+        {"r": spec["r"]}, {"adapter": OmegaConf.load(REPO_ROOT / "configs" / "adapter" / f"{spec['method']}.yaml")}),
+        resolve=True)["adapter"]
+    if spec["mora_type"]:
+        adapter_cfg["mora_type"] = spec["mora_type"]
+    model, info = apply_adapter(model, adapter_cfg, spec["r"])
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (spec["batch"], spec["seq"]), generator=generator).to(device)
+
+    def step():
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    memory_before = peak_memory_mb()
+    for _ in range(spec["warmup"]):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(spec["steps"]):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = peak_memory_mb()
+    return {**spec, "trainable": info["trainable"], "lora_equivalent": info["lora_equivalent"],
+            "resolved_type": info["mora_type"], "tokens_per_s": spec["batch"] * spec["seq"] * spec["steps"] / seconds,
+            "step_s": seconds / spec["steps"], "peak_mb": peak, "growth_mb": peak - memory_before, "device": device}
+
+
+def run_in_subprocess(spec: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+                          env=env, cwd=REPO_ROOT)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: measurement {spec['model']}/{spec['method']}/{spec['mora_type']} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------- table
+def label(row: dict) -> str:
+    return "LoRA" if row["method"] == "lora" else f"MoRA {row['mora_type']}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | r | method | trainable | tokens/s | × LoRA | peak MB | × LoRA | growth MB | × LoRA |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == model]
+        lora = next(r for r in group if r["method"] == "lora")
+        for r in group:
+            lines.append(
+                f"| {model} | {r['r']} | {label(r)} | {r['trainable']:,} | {r['tokens_per_s']:,.0f} | "
+                f"{r['tokens_per_s'] / lora['tokens_per_s']:.2f} | {r['peak_mb']:,.0f} | {r['peak_mb'] / lora['peak_mb']:.3f} | "
+                f"{r['growth_mb']:,.1f} | {r['growth_mb'] / lora['growth_mb'] if lora['growth_mb'] > 0 else float('nan'):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "llama_250m"])
+    parser.add_argument("--r", type=int, default=None, help="rank for every model (default: tiny 8, llama_250m 128)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: tiny 20, others 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default: tiny 3, others 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
+    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "bench" / "bench_train.md"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))), flush=True)
+        return
+
+    start = time.time()
+    rows = []
+    for model in args.models:
+        batch, seq = DEFAULT_SHAPE.get(model, (4, 64))
+        specs = [{"model": model, "method": m, "mora_type": t, "r": args.r or DEFAULT_RANK.get(model, 8),
+                  "batch": args.batch or batch, "seq": args.seq or seq, "warmup": args.warmup,
+                  "steps": args.steps or (20 if model == "tiny" else 3), "threads": args.threads} for m, t in METHODS]
+        repeats = args.repeats or (3 if model == "tiny" else 1)
+        best: dict[int, dict] = {}
+        for rep in range(repeats):
+            for i, spec in enumerate(specs if rep % 2 == 0 else specs[::-1]):  # alternate the order
+                i = specs.index(spec)
+                result = run_in_subprocess(spec)
+                print(f"  {model} {label(result)} r={spec['r']}: {result['tokens_per_s']:,.0f} tokens/s, "
+                      f"peak {result['peak_mb']:,.0f} MB (+{result['growth_mb']:,.1f} MB in training)", flush=True)
+                if i not in best or result["tokens_per_s"] > best[i]["tokens_per_s"]:
+                    best[i] = {**result, "peak_mb": min(result["peak_mb"], best.get(i, result)["peak_mb"]),
+                               "growth_mb": min(result["growth_mb"], best.get(i, result)["growth_mb"])}
+        rows += [best[i] for i in range(len(specs))]
+
+    text = table(rows)
+    settings = "; ".join(
+        f"{m}: batch {r['batch']} × seq {r['seq']}, {r['steps']} timed steps after {r['warmup']} warm-up, "
+        f"{args.repeats or (3 if m == 'tiny' else 1)} repeat(s)"
+        for m, r in ((m, next(x for x in rows if x["model"] == m)) for m in args.models))
+    report = (f"# Training-step benchmark: LoRA vs MoRA at equal r\n\n"
+              f"Measured by `python scripts/bench_train.py {' '.join(sys.argv[1:])}`".rstrip() + f" on "
+              f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()} "
+              f"{os.cpu_count()} CPUs, device {rows[0]['device']}, {args.threads} torch thread(s) per measurement; "
+              f"{settings}. AdamW on random byte sequences; each configuration in its own process. tokens/s: best "
+              f"repeat; peak: the process's peak resident memory (GPU: max allocated); growth: peak during training "
+              f"minus peak before it. Total time {time.time() - start:.0f} s.\n\n{text}\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(report)
+    tmp.replace(out)
+    print(report)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
