@@ -51,8 +51,9 @@ class InstructTask(Task):
                          config=_get(cfg, "dataset_config"), split=_get(cfg, "split", "train"),
                          data_path=_get(cfg, "data_path"), what="Tülu v2 SFT mixture", key="task.data_path")
         limit = _get(cfg, "max_train_samples")
-        if limit is not None:
-            rows = rows.select(range(min(int(limit), len(rows))))
+        if limit is not None:   # a seeded random subset (the hub files are ordered by source)
+            seed = int(_get(cfg, "subsample_seed", 0))
+            rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
         skipped: dict[str, int] = {}
         segment_lists = []
         for row in rows:

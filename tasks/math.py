@@ -52,8 +52,9 @@ class MathTask(Task):
                          split=_get(cfg, "split", "train"), data_path=_get(cfg, "data_path"),
                          what="MetaMathQA training data", key="task.data_path")
         limit = _get(cfg, "max_train_samples")
-        if limit is not None:
-            rows = rows.select(range(min(int(limit), len(rows))))
+        if limit is not None:   # a seeded random subset (the hub files are ordered by source)
+            seed = int(_get(cfg, "subsample_seed", 0))
+            rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
         skipped = {"n_skipped_missing_field": 0, "n_skipped_empty": 0}
         segment_lists = []
         for row in rows:

@@ -50,11 +50,14 @@ def load_saved_run(run_dir: str | Path, record: dict[str, Any] | None = None):
         base, tokenizer = build_model(model_cfg, int(record["seed"]))
         model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).merge_and_unload()
     elif full_dir.is_dir():
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _, tokenizer = build_model(model_cfg, int(record["seed"]), device="meta") \
-            if model_cfg.get("source") == "scratch" else build_model(model_cfg, int(record["seed"]))
         model = AutoModelForCausalLM.from_pretrained(str(full_dir), use_safetensors=True, trust_remote_code=False)
+        try:   # the tokenizer saved next to the weights (train.py saves it)
+            tokenizer = AutoTokenizer.from_pretrained(str(full_dir), local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError):
+            _, tokenizer = build_model(model_cfg, int(record["seed"]), device="meta") \
+                if model_cfg.get("source") == "scratch" else build_model(model_cfg, int(record["seed"]))
     else:
         raise SavedRunError(f"{run_dir}: neither adapter/ nor model/ found (weights of the run are missing)")
     model.eval()

@@ -153,3 +153,21 @@ def test_evaluation_merges_a_copy_and_leaves_the_peft_model_untouched():
     assert model.training and isinstance(model, peft.PeftModel)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_evaluate_saved_full_model_run(math_run, tmp_path):
+    """A full-fine-tuning run folder (model/ instead of adapter/) is loaded with its saved tokenizer."""
+    import shutil
+
+    from tasks.evaluation.saved_run import evaluate_saved_run, load_saved_run
+
+    _, out = math_run
+    run = tmp_path / "fft"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoint-*"))
+    merged, tokenizer = load_saved_run(run)               # adapter merged
+    shutil.rmtree(run / "adapter")
+    merged.save_pretrained(str(run / "model"), safe_serialization=True)
+    tokenizer.save_pretrained(str(run / "model"))
+    metrics = evaluate_saved_run(run, ["math"], ["task.eval.max_gen_toks=2"], results_dir=tmp_path / "none")
+    assert set(metrics) == {"math"}
+    assert json.loads((run / "record.json").read_text())["final"]["math"] == metrics["math"]
