@@ -55,6 +55,17 @@ def suite_specs(suite: str, cfg: Mapping) -> list[dict]:
     return [dict(template, dataset_name=s, task=f"mora_math_{s}") for s in subjects]
 
 
+MIN_PROMPT_TOKENS = 128
+
+
+def check_generation_budget(max_gen_toks: int, context_length: int) -> None:
+    """lm-eval keeps ``context_length - max_gen_toks`` prompt tokens; refuse budgets that leave (almost) none."""
+    if max_gen_toks <= 0 or context_length - max_gen_toks < MIN_PROMPT_TOKENS:
+        raise ValueError(f"task.eval.max_gen_toks={max_gen_toks} leaves fewer than {MIN_PROMPT_TOKENS} prompt tokens in "
+                         f"the model's {context_length}-token context; set task.eval.max_gen_toks<="
+                         f"{context_length - MIN_PROMPT_TOKENS}")
+
+
 def _describe(suite: str, samples: list[dict]) -> list[dict]:
     describe = getattr(mora_scorers, f"describe_{suite}")
     return [dict(describe(s["doc"], generation_of(s)), doc_id=s.get("doc_id")) for s in samples]
@@ -67,6 +78,7 @@ def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None
     with evaluation_model(model) as eval_model:
         lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
                      max_length=_get(cfg, "max_length"))
+        check_generation_budget(int(_get(cfg, "max_gen_toks", 512)), int(lm.max_length))
         for suite in suites:
             if suite.startswith("lm_eval:"):
                 results.update(_stock(lm, suite.split(":", 1)[1], limit, output_dir))

@@ -191,3 +191,11 @@ def test_local_eval_files_are_used_and_checked(tmp_path):
     assert local_task_file(FIXTURES / "adaptllm" / "medicine-tasks", tasks[3]).parent.name == "MedQs"
     with pytest.raises(TaskDataError, match="no test.json"):
         local_task_file(tmp_path, tasks[0])
+
+
+def test_generation_budget_must_leave_room_for_the_prompt():
+    from tasks.evaluation.math_eval import check_generation_budget
+
+    check_generation_budget(512, 4096)
+    with pytest.raises(ValueError, match=r"task.eval.max_gen_toks=512 .* 512-token context; set task.eval.max_gen_toks<=384"):
+        check_generation_budget(512, 512)
