@@ -16,8 +16,11 @@ probability ``reset_ratio``) or ``magnitude`` (the ``reset_ratio`` fraction of s
 moment zeroed), as in ReLoRA. Parameters trained in full (embeddings, head, norms) are not touched.
 
 DeepSpeed: under ZeRO-1/2 the optimizer holds partitioned fp32 master copies and moments of the trainable
-parameters; both are written through DeepSpeed's ``safe_set_full_*`` fragment API (every rank writes its own
-fragment). Under ZeRO-3 the parameters are gathered for the merge (``deepspeed.zero.GatheredParameters``).
+parameters. The re-initialised adapter values are written into the master copy (``safe_set_full_fp32_param``; without
+this the next step would copy the old adapter back), and the moments are reset in each rank's slice of the flat
+partitioned state, addressed by the parameter's fragment address (pruning gathers the full moment first, so every
+rank prunes identically). Under ZeRO-3 the parameters are gathered for the merge
+(``deepspeed.zero.GatheredParameters``) and DeepSpeed's ``safe_*`` fragment API is used (not tested here).
 With DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step count.
 """
 from __future__ import annotations
@@ -360,7 +363,7 @@ def reset_optimizer_state(optimizer, params: Sequence[nn.Parameter], mode: str =
             g = _layer_generator(seed, merge_index, 1_000_003 + i)
             mask = torch.rand(p.shape, generator=g) >= ratio
         if _has_zero_master(p):
-            n_reset += _reset_deepspeed_param(p, mode, ratio, mask)
+            n_reset += _reset_deepspeed_param(optimizer, p, mode, ratio, mask)
             continue
         if inner is None:
             continue
@@ -376,19 +379,77 @@ def reset_optimizer_state(optimizer, params: Sequence[nn.Parameter], mode: str =
     return n_reset
 
 
-def _reset_deepspeed_param(p: nn.Parameter, mode: str, ratio: float, mask: torch.Tensor | None) -> int:
-    from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
+def _zero_optimizer(optimizer):
+    """The DeepSpeed ZeRO-1/2 optimizer inside the wrappers (it owns ``single_partition_of_fp32_groups``), or None."""
+    seen = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        if hasattr(optimizer, "single_partition_of_fp32_groups"):
+            return optimizer
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
 
-    for key in MOMENT_KEYS:
+
+def zero2_local_moment(optimizer, param: nn.Parameter, key: str) -> torch.Tensor | None:
+    """This rank's slice of the Adam moment ``key`` of ``param`` inside DeepSpeed ZeRO-1/2's partitioned fp32 state
+    (a view: writing it changes the optimizer), or ``None`` when this rank holds no part of ``param``.
+
+    Read straight from the optimizer state of the flat partition at the parameter's fragment address, so it does not
+    depend on DeepSpeed having linked the state fragments (it links them once, after the first step, and a param
+    group whose state did not exist yet stays unlinked)."""
+    mapping = getattr(param, "_hp_mapping", None)
+    zo = _zero_optimizer(optimizer)
+    if mapping is None or zo is None:
+        return None
+    flat = zo.single_partition_of_fp32_groups[mapping.param_group_index]
+    state = zo.optimizer.state.get(flat)
+    if not state or key not in state:
+        return None
+    address = mapping.hp_fragment_address
+    return state[key].narrow(0, address.start, address.numel)
+
+
+def zero2_full_moment(optimizer, param: nn.Parameter, key: str) -> torch.Tensor:
+    """The full Adam moment ``key`` of ``param`` (shape of ``param``, fp32) gathered over the data-parallel ranks.
+    Collective: every rank must call it."""
+    import deepspeed.comm as ds_dist
+
+    full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+    local = zero2_local_moment(optimizer, param, key)
+    if local is not None:
+        address = param._hp_mapping.lp_fragment_address
+        full.narrow(0, address.start, address.numel).copy_(local)
+    ds_dist.all_reduce(full, group=getattr(param, "_dp_group", None))
+    return full.view(param.shape)
+
+
+def _reset_deepspeed_param(optimizer, p: nn.Parameter, mode: str, ratio: float, mask: torch.Tensor | None) -> int:
+    if _is_zero3(p):  # ZeRO-3: DeepSpeed's own fragment API (partitioned params and states)
+        from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
+
+        for key in MOMENT_KEYS:
+            if mode == "full":
+                value = torch.zeros(p.ds_shape, dtype=torch.float32)
+            else:
+                value = safe_get_full_optimizer_state(p, key)
+                if value is None:
+                    continue
+                value = value.detach().clone()
+                _prune_(value, mode, ratio, None if mask is None else mask.to(value.device))
+            safe_set_full_optimizer_state(p, value, key)
+        return 1
+    for key in MOMENT_KEYS:  # ZeRO-1/2: write this rank's slice of the flat partitioned state
         if mode == "full":
-            value = torch.zeros(p.ds_shape if _is_zero3(p) else p.shape, dtype=torch.float32)
-        else:  # collective: every rank gathers the full moment, prunes it identically, writes its fragment back
-            value = safe_get_full_optimizer_state(p, key)
-            if value is None:
-                continue
-            value = value.detach().clone()
-            _prune_(value, mode, ratio, None if mask is None else mask.to(value.device))
-        safe_set_full_optimizer_state(p, value.to(p.device if not _is_zero3(p) else value.device), key)
+            local = zero2_local_moment(optimizer, p, key)
+            if local is not None:
+                local.zero_()
+            continue
+        full = zero2_full_moment(optimizer, p, key)  # collective: same pruning on every rank
+        _prune_(full, mode, ratio, None if mask is None else mask.to(full.device))
+        local = zero2_local_moment(optimizer, p, key)
+        if local is not None:
+            address = p._hp_mapping.lp_fragment_address
+            local.copy_(full.flatten().narrow(0, address.start, address.numel))
     return 1
 
 
