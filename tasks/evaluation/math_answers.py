@@ -47,7 +47,7 @@ def parse_number(text: str | None) -> float | None:
     "$1,234.50" → 1234.5; "12 apples." → 12.0; "-3/4" → -0.75; "no idea" → None."""
     if text is None:
         return None
-    cleaned = text.replace("$", "").replace("€", "").replace("£", "").replace("%", "")
+    cleaned = text.replace("$", "").replace("€", "").replace("£", "").replace("%", "").replace("\u2212", "-")
     cleaned = re.sub(r"(?<=\d),(?=\d{3}(?:\D|$))", "", cleaned)   # thousands separators only
     cleaned = cleaned.replace("\\!", "").replace("{,}", "")
     match = _NUMBER_RE.search(cleaned)

@@ -22,7 +22,7 @@ def test_extract_marked_answer(generation, expected):
 @pytest.mark.parametrize("text, value", [
     ("1,234", 1234.0), ("$1,234.50", 1234.5), ("12 apples.", 12.0), ("18.0", 18.0), ("-7", -7.0),
     ("50%", 50.0), ("€3", 3.0), ("3/4", 0.75), (".5", 0.5), ("no number", None), (None, None),
-    ("1,000,000 dollars", 1_000_000.0),
+    ("1,000,000 dollars", 1_000_000.0), ("\u22125", -5.0), ("It is 3,5 and 7", 3.0),
 ])
 def test_parse_number(text, value):
     assert parse_number(text) == value
