@@ -135,3 +135,42 @@ def test_missing_hub_dataset_fails_fast_offline(monkeypatch):
         PretrainTask(dict(name="pretrain", corpus="hf", hf_name="allenai/c4", hf_config="en",
                           max_val_docs=10)).prepare(byte_tokenizer())
     assert time.time() - start < 30
+
+
+# ---------------------------------------------------------------------------------------------- through train.py
+def _pretrain_overrides(run_id):
+    return ["experiment=cpu/pretrain", "adapter=remora", "r=4", "task.corpus=local",
+            f"task.data_files=[{FIXTURES / 'texts'}]", "task.seq_len=32", "task.eval_lengths=[16,64]",
+            "task.max_eval_tokens=256", "task.val_fraction=0.2", "trainer.batch_size=4", "trainer.micro_batch_size=4",
+            "trainer.max_steps=6", "trainer.save_steps=2", "trainer.eval_steps=2", "trainer.logging_steps=1",
+            "trainer.warmup_steps=0", "trainer.num_threads=1", "adapter.restart.merge_every=2",
+            "adapter.restart.restart_warmup=1", "logger=none", "lr=0.01", f"run_id={run_id}"]
+
+
+def test_remora_pretrain_killed_after_a_merge_resumes_to_the_same_result(compose_run_config, tmp_path):
+    from transformers import TrainerCallback
+
+    from moRA.restart import STATE_FILE
+    from runner.record import load_record
+    from runner.run import run_experiment
+
+    class Killed(Exception):
+        pass
+
+    class KillAtStep5(TrainerCallback):  # dies right after the step-4 merge + checkpoint, before step 6
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise Killed()
+
+    reference = load_record(run_experiment(compose_run_config(*_pretrain_overrides("straight"))).record_path)
+    assert {"val_loss", "val_ppl", "ppl@16", "ppl@64"} <= set(reference["final"])
+    with pytest.raises(Killed):
+        run_experiment(compose_run_config(*_pretrain_overrides("killed")), extra_callbacks=[KillAtStep5()])
+    import json
+
+    saved = json.loads((tmp_path / "outputs" / "killed" / "checkpoint-4" / STATE_FILE).read_text())
+    assert saved["merges_done"] == 2 and set(saved["layer_types"].values()) == {"contiguous_tile"}
+    resumed = load_record(run_experiment(compose_run_config(*_pretrain_overrides("killed"),
+                                                             "resume=true")).record_path)
+    assert resumed["final"] == pytest.approx(reference["final"], rel=1e-5)
+    assert [p["step"] for p in resumed["history"] if "val_ppl" in p] == [2, 4, 6]
