@@ -122,6 +122,10 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
         remove_unused_columns=False,  # tasks already give exactly input_ids / labels (/ attention_mask)
         dataloader_num_workers=int(trainer_cfg.get("dataloader_num_workers", 0)),
         dataloader_pin_memory=torch.cuda.is_available(),
+        # with no GPU, tell accelerate to run on CPU: otherwise, under torchrun/deepspeed, every process believes it is
+        # alone (world size 1: no gradient all-reduce; DeepSpeed's batch-size assertion fails); with it, gloo DDP or
+        # DeepSpeed over 2+ CPU processes (tests/distributed/)
+        use_cpu=not torch.cuda.is_available(),
         deepspeed=deepspeed,
         **checkpointing,
     )
