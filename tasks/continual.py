@@ -97,5 +97,6 @@ class ContinualPretrainTask(Task):
         from tasks.evaluation.adaptllm import evaluate_suite
         from tasks.evaluation.eval_model import evaluation_model
 
-        with evaluation_model(model) as eval_model:
-            return evaluate_suite(eval_model, tokenizer, self.domain, _get(self.cfg, "eval", {}), output_dir)
+        eval_cfg = _get(self.cfg, "eval", {})
+        with evaluation_model(model, _get(eval_cfg, "merge", "copy")) as eval_model:
+            return evaluate_suite(eval_model, tokenizer, self.domain, eval_cfg, output_dir)

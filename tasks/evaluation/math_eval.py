@@ -75,7 +75,7 @@ def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None
     suites = list(_get(cfg, "suites", ["gsm8k", "math"]))
     limit = _get(cfg, "limit")
     results: dict[str, float] = {}
-    with evaluation_model(model) as eval_model:
+    with evaluation_model(model, _get(cfg, "merge", "copy")) as eval_model:
         lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
                      max_length=_get(cfg, "max_length"))
         check_generation_budget(int(_get(cfg, "max_gen_toks", 512)), int(lm.max_length))

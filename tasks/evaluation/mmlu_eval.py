@@ -101,7 +101,7 @@ def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> di
     specs = local_mmlu_specs(test_path, _get(mmlu_cfg, "dev_path")) if local else ["mmlu"]
     limit = _get(cfg, "limit")
     results = {}
-    with evaluation_model(model) as eval_model:
+    with evaluation_model(model, _get(cfg, "merge", "copy")) as eval_model:
         lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
                      max_length=_get(cfg, "max_length"))
         for k in shots:

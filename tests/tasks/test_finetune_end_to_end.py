@@ -171,3 +171,24 @@ def test_evaluate_saved_full_model_run(math_run, tmp_path):
     metrics = evaluate_saved_run(run, ["math"], ["task.eval.max_gen_toks=2"], results_dir=tmp_path / "none")
     assert set(metrics) == {"math"}
     assert json.loads((run / "record.json").read_text())["final"]["math"] == metrics["math"]
+
+
+def test_in_place_merge_restores_the_adapter():
+    import peft
+    import torch
+
+    from runner.models import build_model, load_model_config
+    from tasks.evaluation.eval_model import evaluation_model
+
+    base, _ = build_model(load_model_config("tiny"), 0)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    ids = torch.tensor([[5, 6, 7]])
+    model.eval()
+    expected = model(input_ids=ids).logits
+    with evaluation_model(model, merge="in_place") as merged:
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="task.eval.merge='fold'"):
+        with evaluation_model(model, merge="fold"):
+            pass
