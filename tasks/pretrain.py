@@ -102,6 +102,12 @@ class PretrainTask(Task):
         self.max_eval_tokens = _positive_int(cfg, "max_eval_tokens", 65536)
         self.eval_batch_size = _positive_int(cfg, "eval_batch_size", 8)
         self.streaming = bool(cfg.get("streaming", True))
+        threshold = cfg.get("sv_threshold", 0.1)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or threshold < 0):
+            raise TaskDataError(f"pretrain: task.sv_threshold={threshold!r} must be null or a number >= 0")
+        # ΔW singular-value threshold for the end-of-run analysis (moRA.analysis.analysis_for_record), or None
+        self.sv_threshold = None if threshold is None else float(threshold)
         self._val_tokens: list[int] | None = None
 
     # ---- data -------------------------------------------------------------------------------------------------
