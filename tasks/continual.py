@@ -51,8 +51,12 @@ def corpus_texts(corpus: Mapping, domain: str) -> list:
     name = _get(corpus, "dataset")
     if not name:
         raise TaskDataError(f"{domain} corpus: set task.corpora.{domain}.dataset or {key}")
-    return hf_texts(name, _get(corpus, "config"), _get(corpus, "split", "train"), text_field,
-                    streaming=bool(_get(corpus, "streaming", True)), max_docs=max_docs)
+    try:
+        return hf_texts(name, _get(corpus, "config"), _get(corpus, "split", "train"), text_field,
+                        streaming=bool(_get(corpus, "streaming", True)), max_docs=max_docs)
+    except TaskDataError as exc:
+        raise TaskDataError(f"{domain} corpus: {exc}; with a local copy set {key}=<.txt files or "
+                            f".jsonl/.parquet with field {text_field!r}>") from None
 
 
 class ContinualPretrainTask(Task):

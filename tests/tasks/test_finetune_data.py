@@ -199,3 +199,22 @@ def test_generation_budget_must_leave_room_for_the_prompt():
     check_generation_budget(512, 4096)
     with pytest.raises(ValueError, match=r"task.eval.max_gen_toks=512 .* 512-token context; set task.eval.max_gen_toks<=384"):
         check_generation_budget(512, 512)
+
+
+def test_continual_corpus_offline_names_the_config_key(tok):
+    from tasks.continual import ContinualPretrainTask
+
+    task = ContinualPretrainTask({"name": "continual_pretrain", "domain": "finance",
+                                  "corpora": {"finance": {"dataset": "ashraq/financial-news-articles"}}})
+    with pytest.raises(TaskDataError) as info:
+        task.prepare(tok)
+    message = str(info.value)
+    assert "\n" not in message and "ashraq/financial-news-articles" in message
+    assert "task.corpora.finance.data_path=" in message
+    bad = ContinualPretrainTask({"name": "continual_pretrain", "domain": "finance",
+                                 "corpora": {"finance": {"data_path": str(FIXTURES / "finance" / "financial_news.jsonl"),
+                                                         "text_field": "body"}}})
+    with pytest.raises(TaskDataError, match="has no field 'body'"):
+        bad.prepare(tok)
+    with pytest.raises(ValueError, match="task.domain='law'"):
+        ContinualPretrainTask({"name": "continual_pretrain", "domain": "law"}).prepare(tok)
