@@ -1,7 +1,6 @@
 """GSM8K / MATH evaluation of task=math through lm-eval (see ``tasks/math.py`` for the suites and metric names)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
