@@ -1,0 +1,239 @@
+"""One Hydra multirun per paper table: every run of the table (method × r × seed), on SLURM or locally, re-submittable.
+
+    python scripts/sweep_paper.py command uuid --launcher slurm --partition gpu --account my_acct   # print it
+    python scripts/sweep_paper.py run uuid --launcher slurm --partition gpu --account my_acct       # submit it
+    python scripts/sweep_paper.py status uuid                                                       # what is done
+
+Tables (configs/experiment/paper/, one file per row = method × r):
+  uuid      UUID memorization: FFT, LoRA and MoRA at r = 8 and 256                      (paper/uuid_*)
+  finetune  instruction tuning, math, continual pretraining (biomed, finance) × the same 5 rows
+                                                                          (paper/instruct_*, math_*, continual_*)
+  pretrain  250M and 1B from scratch on C4: LoRA, MoRA, ReLoRA, ReMoRA at r = 128   (paper/pretrain_*)
+  ablation  MoRA's compression/decompression types (truncation, sharing, decouple, rotation = rope) on one base
+            experiment (--base; MORA.md does not confirm the ablation's task, so it is a required choice)
+
+The command is ``python train.py -m experiment=<rows> seed=<seeds> sweep=paper_<table> resume=auto …``; Hydra's
+multirun expands it into one job per (row, seed). ``resume=auto`` makes every job idempotent: a run whose completed
+record exists is skipped, an unfinished one continues from its last complete checkpoint, a new one starts. So after
+a crash, a preemption or a cancelled job, submit the same command again. W&B runs are grouped by the sweep name and
+resumed under an id derived from the run_id. ``--launcher slurm`` uses configs/hydra/launcher/slurm.yaml
+(hydra-submitit-launcher), ``local`` submitit's local executor, ``basic`` Hydra's in-process launcher.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+PAPER_DIR = REPO_ROOT / "configs" / "experiment" / "paper"
+TABLE_PATTERNS = {
+    "uuid": ("uuid_*",),
+    "finetune": ("instruct_*", "math_*", "continual_biomed_*", "continual_finance_*"),
+    "pretrain": ("pretrain_250m_*", "pretrain_1b_*"),
+}
+ABLATION_TYPES = ("truncation", "sharing", "decouple", "rope")  # the paper's four variants; rope = "rotation"
+TABLES = (*TABLE_PATTERNS, "ablation")
+LAUNCHERS = ("slurm", "local", "basic")
+DEFAULT_SEEDS = (42,)  # the official trainer's seed
+
+
+class SweepError(ValueError):
+    """A sweep that cannot be built (unknown table, no rows, colliding run ids, …). Message: one line."""
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """``hydra.launcher.*`` values of configs/hydra/launcher/slurm.yaml (None = keep the file's value)."""
+    partition: str | None = None
+    account: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    timeout_min: int | None = None
+    qos: str | None = None
+    constraint: str | None = None
+
+    def overrides(self) -> list[str]:
+        return [f"hydra.launcher.{k}={v}" for k, v in vars(self).items() if v is not None]
+
+
+def table_experiments(table: str, paper_dir: Path = PAPER_DIR) -> list[str]:
+    """The experiment files (rows) of ``table``, e.g. ``["paper/uuid_fft", …]``, in a stable order."""
+    if table not in TABLE_PATTERNS:
+        raise SweepError(f"table {table!r} has no experiment files of its own; tables: {', '.join(TABLES)}")
+    rows: list[str] = []
+    for pattern in TABLE_PATTERNS[table]:
+        rows += sorted(f"paper/{p.stem}" for p in paper_dir.glob(f"{pattern}.yaml"))
+    if not rows:
+        raise SweepError(f"table {table!r}: no files matching {TABLE_PATTERNS[table]} in {paper_dir}")
+    return rows
+
+
+def _csv(values: Iterable[Any]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def sweep_overrides(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, base: str | None = None,
+                    experiments: Sequence[str] | None = None) -> list[str]:
+    """The multirun's own overrides: rows × seeds, the sweep name, ``resume=auto``, the sweep folder.
+
+    ``experiments`` replaces the table's rows (e.g. a subset); for ``ablation`` ``base`` is the experiment whose
+    MoRA type is varied."""
+    if not seeds:
+        raise SweepError("at least one seed is needed")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise SweepError(f"seeds must be non-negative integers, got {list(seeds)}")
+    name = f"paper_{table}"
+    if table == "ablation":
+        if not base:
+            raise SweepError("the ablation sweep needs --base <experiment> (e.g. paper/math_mora_r8): MORA.md does not "
+                             "confirm the ablation's task")
+        rows = [f"experiment={base}", f"adapter.mora_type={_csv(ABLATION_TYPES)}"]
+    else:
+        rows = [f"experiment={_csv(experiments or table_experiments(table))}"]
+    return [*rows, f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto", f"hydra.sweep.dir=outputs/sweeps/{name}"]
+
+
+def launcher_overrides(launcher: str, resources: SlurmResources | None = None) -> list[str]:
+    if launcher not in LAUNCHERS:
+        raise SweepError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if launcher == "basic":
+        return []
+    return [f"hydra/launcher={launcher}", *((resources or SlurmResources()).overrides() if launcher == "slurm" else [])]
+
+
+def sweep_command(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, launcher: str = "slurm",
+                  resources: SlurmResources | None = None, base: str | None = None,
+                  experiments: Sequence[str] | None = None, extra: Sequence[str] = (),
+                  python: str = "python") -> list[str]:
+    """``python train.py -m …`` for the whole table (argv)."""
+    return [python, "train.py", "-m", *sweep_overrides(table, seeds, base, experiments),
+            *launcher_overrides(launcher, resources), *extra]
+
+
+# ------------------------------------------------------------------------------------------------ state of a sweep
+def expand(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of a multirun: every combination of the comma-separated values (Hydra's basic sweeper order: the
+    last swept key varies fastest). Only plain ``a,b,c`` lists are expanded (no ranges, globs or quoting)."""
+    choices = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.startswith("hydra"):
+            continue
+        values = value.split(",") if ("," in value and not value.startswith(("[", "{", "'", '"'))) else [value]
+        choices.append([f"{key}={v}" for v in values])
+    return [list(c) for c in itertools.product(*choices)]
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    overrides: tuple[str, ...]
+    state: str                  # completed | resumable | new
+    checkpoint: str | None      # the checkpoint a resubmission continues from
+    record: Path
+
+    def line(self) -> str:
+        where = f" from {self.checkpoint}" if self.checkpoint else ""
+        return f"{self.state:<10} {self.run_id}{where}"
+
+
+def run_states(overrides: Sequence[str]) -> list[RunState]:
+    """What re-submitting the sweep does to each run — the rule ``resume=auto`` applies inside each job
+    (``runner.run.completed_record`` and ``runner.checkpoints.plan_start``). ``SweepError`` if two jobs share a
+    run_id (they would overwrite one record and the second would be skipped as done)."""
+    from hydra import compose, initialize_config_dir
+
+    import runner.config  # noqa: F401  (run_id resolver)
+    from runner.checkpoints import plan_start
+    from runner.run import completed_record
+
+    states: list[RunState] = []
+    seen: dict[str, tuple[str, ...]] = {}
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        for job in expand(overrides):
+            cfg = compose(config_name="config", overrides=job)
+            run_id, output_dir = str(cfg.run_id), Path(str(cfg.output_dir))
+            if not output_dir.is_absolute():
+                output_dir = REPO_ROOT / output_dir
+            results_dir = Path(str(cfg.results_dir))
+            if not results_dir.is_absolute():
+                results_dir = REPO_ROOT / results_dir
+            if run_id in seen:
+                raise SweepError(f"jobs {' '.join(seen[run_id])!r} and {' '.join(job)!r} share run_id {run_id!r}")
+            seen[run_id] = tuple(job)
+            record = results_dir / f"{run_id}.json"
+            if completed_record(results_dir, run_id) is not None:
+                states.append(RunState(run_id, tuple(job), "completed", None, record))
+                continue
+            resume_from, _ = plan_start(output_dir, "auto", False)
+            states.append(RunState(run_id, tuple(job), "resumable" if resume_from else "new",
+                                   resume_from.name if resume_from else None, record))
+    return states
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("action", choices=("command", "run", "status"))
+    parser.add_argument("table", choices=TABLES)
+    parser.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="comma-separated, e.g. 42,43,44")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="slurm")
+    parser.add_argument("--partition")
+    parser.add_argument("--account")
+    parser.add_argument("--nodes", type=int)
+    parser.add_argument("--gpus-per-node", type=int)
+    parser.add_argument("--timeout-min", type=int)
+    parser.add_argument("--qos")
+    parser.add_argument("--constraint")
+    parser.add_argument("--base", help="ablation: the experiment whose MoRA type is varied, e.g. paper/math_mora_r8")
+    parser.add_argument("--rows", help="comma-separated subset of the table's experiment files")
+    parser.add_argument("extra", nargs="*", help="further train.py overrides (after --), e.g. results_dir=… logger=none")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise SweepError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        resources = SlurmResources(args.partition, args.account, args.nodes, args.gpus_per_node, args.timeout_min,
+                                   args.qos, args.constraint)
+        experiments = args.rows.split(",") if args.rows else None
+        argv_cmd = sweep_command(args.table, seeds, args.launcher, resources, args.base, experiments, args.extra,
+                                 python=sys.executable if args.action == "run" else "python")
+        if args.action == "command":
+            print(" ".join(shlex.quote(a) for a in argv_cmd))
+            return 0
+        states = run_states(sweep_overrides(args.table, seeds, args.base, experiments) + list(args.extra))
+        if args.action == "status":
+            for s in states:
+                print(s.line())
+            counts = {k: sum(s.state == k for s in states) for k in ("completed", "resumable", "new")}
+            print(f"# {len(states)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+            return 0
+        todo = [s for s in states if s.state != "completed"]
+        print(f"# {len(states) - len(todo)} of {len(states)} runs already completed (skipped by resume=auto)",
+              flush=True)
+        if not todo:
+            return 0
+        return subprocess.call(argv_cmd, cwd=REPO_ROOT, env=dict(os.environ))
+    except ValueError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
