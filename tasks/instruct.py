@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from tasks.base import Task, TaskData, TaskDataError
 from tasks.chat_format import tulu_segments, validate_messages
 from tasks.data_source import load_rows
-from tasks.supervised import PaddingCollator, build_examples, pad_token_id_of
+from tasks.supervised import PaddingCollator, build_dataset, pad_token_id_of
 
 
 def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
@@ -42,6 +42,13 @@ def _messages_of(row: Mapping) -> Any:
     return messages
 
 
+def tulu_row_segments(row: Mapping) -> list | str:
+    """Segments of one Tülu row, or the skip reason (see ``chat_format.validate_messages``)."""
+    messages = _messages_of(row)
+    reason = validate_messages(messages)
+    return reason if reason is not None else tulu_segments(messages)
+
+
 class InstructTask(Task):
     name = "instruct"
 
@@ -54,24 +61,11 @@ class InstructTask(Task):
         if limit is not None:   # a seeded random subset (the hub files are ordered by source)
             seed = int(_get(cfg, "subsample_seed", 0))
             rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
-        skipped: dict[str, int] = {}
-        segment_lists = []
-        for row in rows:
-            messages = _messages_of(row)
-            reason = validate_messages(messages)
-            if reason is not None:
-                skipped[f"n_skipped_{reason}"] = skipped.get(f"n_skipped_{reason}", 0) + 1
-                segment_lists.append(None)
-            else:
-                segment_lists.append(tulu_segments(messages))
-        examples, info = build_examples(tokenizer, segment_lists, max_length=int(_get(cfg, "max_length", 2048)),
-                                        overlong=_get(cfg, "overlong", "truncate"))
-        info.update(skipped, n_rows=len(rows))
-        if not examples:
+        train, info = build_dataset(rows, tulu_row_segments, tokenizer, max_length=int(_get(cfg, "max_length", 2048)),
+                                    overlong=_get(cfg, "overlong", "truncate"), desc="Tülu v2")
+        info["n_rows"] = len(rows)
+        if len(train) == 0:
             raise TaskDataError(f"Tülu v2 SFT mixture: no usable conversation among {len(rows)} rows ({info})")
-        import datasets
-
-        train = datasets.Dataset.from_list(examples)
         return TaskData(train=train, collator=PaddingCollator(pad_token_id_of(tokenizer)), eval=None, info=info)
 
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from tasks.alpaca_prompt import RESPONSE_SEPARATOR, alpaca_prompt
 from tasks.base import Task, TaskData, TaskDataError
 from tasks.data_source import load_rows
-from tasks.supervised import EOS, PaddingCollator, build_examples, pad_token_id_of
+from tasks.supervised import EOS, PaddingCollator, build_dataset, pad_token_id_of
 
 
 
@@ -55,23 +55,11 @@ class MathTask(Task):
         if limit is not None:   # a seeded random subset (the hub files are ordered by source)
             seed = int(_get(cfg, "subsample_seed", 0))
             rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
-        skipped = {"n_skipped_missing_field": 0, "n_skipped_empty": 0}
-        segment_lists = []
-        for row in rows:
-            seg = metamath_segments(row)
-            if isinstance(seg, str):
-                skipped[f"n_skipped_{seg}"] += 1
-                segment_lists.append(None)
-            else:
-                segment_lists.append(seg)
-        examples, info = build_examples(tokenizer, segment_lists, max_length=int(_get(cfg, "max_length", 512)),
-                                        overlong=_get(cfg, "overlong", "truncate"))
-        info.update(skipped, n_rows=len(rows))
-        if not examples:
+        train, info = build_dataset(rows, metamath_segments, tokenizer, max_length=int(_get(cfg, "max_length", 512)),
+                                    overlong=_get(cfg, "overlong", "truncate"), desc="MetaMathQA")
+        info = {"n_skipped_missing_field": 0, "n_skipped_empty": 0, **info, "n_rows": len(rows)}
+        if len(train) == 0:
             raise TaskDataError(f"MetaMathQA training data: no usable example among {len(rows)} rows ({info})")
-        import datasets
-
-        train = datasets.Dataset.from_list(examples)
         return TaskData(train=train, collator=PaddingCollator(pad_token_id_of(tokenizer)), eval=None, info=info)
 
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:

@@ -17,8 +17,9 @@ it. For a byte-level tokenizer the two tokenizations give identical results.
 Over-long examples (``len > max_length``) follow ``overlong``:
 - ``"truncate"`` (default): keep the first ``max_length`` tokens (what the paper's "cut-off" means);
 - ``"skip"``: drop the example.
-An example whose kept part contains no scored token is dropped in both cases. ``build_examples`` counts every drop
-in ``info`` so nothing is silently lost.
+An example whose kept part contains no scored token is dropped in both cases. ``build_examples`` /
+``build_dataset`` count every row once in ``info`` (kept as is, kept truncated, or skipped with its reason) so nothing
+is silently lost.
 """
 from __future__ import annotations
 
@@ -144,10 +145,10 @@ def build_examples(tokenizer, segment_lists: Iterable[Sequence[Segment] | None],
                 info["n_skipped_overlong"] += 1
                 continue
             ex = TokenizedExample(ex.input_ids[:max_length], ex.labels[:max_length], True)
-            info["n_truncated"] += 1
         if ex.n_scored == 0:
             info["n_skipped_no_target"] += 1
             continue
+        info["n_truncated"] += ex.truncated
         rows.append({"input_ids": ex.input_ids, "labels": ex.labels, "attention_mask": [1] * len(ex.input_ids)})
     info["n_train"] = len(rows)
     return rows, info
@@ -183,3 +184,47 @@ def pad_token_id_of(tokenizer) -> int:
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token")
     return pad
+
+
+def build_dataset(rows, segments_of, tokenizer, max_length: int, overlong: str = "truncate",
+                  add_bos: bool | None = None, desc: str = "tokenizing"):
+    """Like ``build_examples`` but streamed through ``datasets.Dataset.map`` (Arrow storage, not Python lists), for
+    corpora of hundreds of thousands of long examples.
+
+    ``rows``: a ``datasets.Dataset``; ``segments_of(row)`` returns the row's segments or a skip-reason string (counted
+    as ``n_skipped_<reason>``). Returns ``(dataset with input_ids/labels/attention_mask, info)``; ``info`` has the same
+    counts as ``build_examples`` plus the skip reasons."""
+    if overlong not in ("truncate", "skip"):
+        raise ValueError(f"overlong must be 'truncate' or 'skip', got {overlong!r}")
+    if add_bos is None:
+        add_bos = tokenizer_adds_bos(tokenizer)
+
+    def encode(row):
+        empty = {"input_ids": [], "labels": [], "attention_mask": []}
+        segments = segments_of(row)
+        if isinstance(segments, str):
+            return {**empty, "status": f"skipped_{segments}"}
+        ex = tokenize_segments(tokenizer, segments, max_length=None, add_bos=add_bos)
+        status = "ok"
+        if len(ex.input_ids) > max_length:
+            if overlong == "skip":
+                return {**empty, "status": "skipped_overlong"}
+            ex, status = TokenizedExample(ex.input_ids[:max_length], ex.labels[:max_length], True), "truncated"
+        if ex.n_scored == 0:
+            return {**empty, "status": "skipped_no_target"}
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "attention_mask": [1] * len(ex.input_ids),
+                "status": status}
+
+    encoded = rows.map(encode, remove_columns=rows.column_names, desc=desc)
+    statuses = encoded["status"]
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    info = {"n_truncated": counts.pop("truncated", 0), "n_skipped_overlong": counts.pop("skipped_overlong", 0),
+            "n_skipped_no_target": counts.pop("skipped_no_target", 0)}
+    n_ok = counts.pop("ok", 0)
+    info.update({f"n_{reason}": n for reason, n in sorted(counts.items())})
+    keep = [i for i, status in enumerate(statuses) if status in ("ok", "truncated")]
+    dataset = encoded.select(keep).remove_columns("status")
+    info["n_train"] = n_ok + info["n_truncated"]
+    return dataset, info

@@ -235,3 +235,18 @@ def test_training_target_scores_as_correct_under_the_evaluation_rules(tok):
     doc = {"problem": fraction["query"], "solution": "so $\\boxed{\\dfrac34}$", "level": "Level 1", "type": "Algebra"}
     assert mora_scorers.math_prompt(doc) == metamath_segments(fraction)[0][0]
     assert mora_scorers.process_math(doc, [metamath_segments(fraction)[1][0]]) == {"acc": 1.0}
+
+
+def test_arrow_backed_builder_matches_the_list_builder(tok):
+    from tasks.instruct import tulu_row_segments
+    from tasks.supervised import build_dataset
+
+    rows = load_rows(hf_name=None, data_path=TULU, what="tulu")
+    for overlong, max_length in [("truncate", 60), ("skip", 60), ("truncate", 2048)]:
+        dataset, info = build_dataset(rows, tulu_row_segments, tok, max_length=max_length, overlong=overlong)
+        segments = [tulu_row_segments(r) for r in rows]
+        listed, list_info = build_examples(tok, [s if not isinstance(s, str) else None for s in segments],
+                                           max_length=max_length, overlong=overlong)
+        assert [dict(r) for r in dataset] == listed
+        assert {k: v for k, v in info.items() if not k.startswith("n_skipped_") or k in list_info} == list_info
+        assert info["n_skipped_unknown_role"] == 1 and info["n_skipped_no_assistant_turn"] == 1
