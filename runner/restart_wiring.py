@@ -1,7 +1,8 @@
 """ReMoRA / ReLoRA glue for ``runner.run``: ``restart_components(cfg, model) -> (callbacks, scheduler_factory)``.
 
 Called when ``cfg.adapter.restart`` is set (``configs/adapter/remora.yaml``, ``relora.yaml``). The restart set-up is
-validated here, before training starts (a cycle that cannot work raises a one-line ``RestartConfigError``).
+validated here, before training starts: a cycle that cannot work raises a one-line ``RestartConfigError``, a schedule
+that cannot work (with ``trainer.max_steps`` given) a one-line ``ScheduleConfigError``.
 ``scheduler_factory(optimizer, num_training_steps)`` builds the restart LR schedule (``adapter.restart.schedule``)
 that replaces the Trainer's; the first warmup is ``trainer.warmup_steps`` (a value < 1 is a fraction of the steps).
 """
@@ -44,6 +45,12 @@ def restart_components(cfg, model) -> tuple[list, Callable | None]:
             warmup_steps=warmup_steps_for(warmup, int(num_training_steps)), merge_every=restart.merge_every,
             restart_warmup=restart.restart_warmup, min_lr_ratio=restart.min_lr_ratio)
 
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
+        # reject an impossible schedule now (e.g. cosine_restarts with max_steps not a multiple of merge_every)
+        import torch
+
+        scheduler_factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), max_steps)
     return [callback], scheduler_factory
 
 

@@ -259,3 +259,25 @@ def test_resume_right_after_a_merge_matches_uninterrupted_run(tmp_path, build, r
     fresh = build(seed=0)
     w0 = find_adapted_layers(fresh)[0].base_weight
     assert not torch.allclose(find_adapted_layers(resumed_model)[0].base_weight, w0)
+
+
+# ---------------------------------------------------------------------------------------------- wiring (train.py)
+_FIXTURE_TEXTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "pretrain" / "texts"
+_RUN = ["experiment=cpu/pretrain", "r=4", "task.corpus=local", f"task.data_files=[{_FIXTURE_TEXTS}]",
+        "task.seq_len=32", "task.eval_lengths=[16]", "task.val_fraction=0.2", "logger=none"]
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (["adapter=remora", "adapter.mora_type=rope"], RestartConfigError, "starts with MoRA type 'rope'"),
+    (["adapter=relora", "trainer.max_steps=250"], ValueError, "multiple of merge_every=100"),
+    (["adapter=relora", "adapter.restart.optimizer_reset=prune"], RestartConfigError, "optimizer_reset='prune'"),
+    (["adapter=remora", "adapter.restart.type_cycle=[1,2,6]"], RestartConfigError, "needs an even r̂"),
+])
+def test_run_rejects_an_impossible_restart_setup_before_training(compose_run_config, tmp_path, overrides, error,
+                                                                 match):
+    from runner.run import run_experiment
+
+    with pytest.raises(error, match=match) as excinfo:
+        run_experiment(compose_run_config(*_RUN, *overrides))
+    assert "\n" not in str(excinfo.value)  # train.py prints it as one line
+    assert not list((tmp_path / "outputs").rglob("checkpoint-*"))
