@@ -5,7 +5,8 @@ Face dataset (``dataset``, ``config``, ``split``, ``text_field``) or by local fi
 document per file — or .jsonl/.json/.parquet with ``text_field``). Documents are tokenized, joined with EOS and cut
 into chunks of ``seq_len`` tokens (``tasks.corpora.pack_token_chunks``); the loss is on every token. Empty or
 non-string documents are skipped and counted (``n_skipped_empty_docs``). ``n_eval_chunks`` chunks (taken from the
-end) are held out as ``TaskData.eval`` for a validation loss.
+end) are held out as ``TaskData.eval`` for a validation loss. ``pack_block_docs`` bounds memory for large corpora
+(see ``packed_chunks``).
 
 Evaluation: ``tasks.evaluation.adaptllm.evaluate_suite`` on the merged model: ``<domain>/<task>`` for each task of
 the suite and ``biomed_avg`` / ``finance_avg``.
@@ -59,6 +60,36 @@ def corpus_texts(corpus: Mapping, domain: str) -> list:
                             f".jsonl/.parquet with field {text_field!r}>") from None
 
 
+def packed_chunks(docs: list[str], tokenizer, seq_len: int, block_docs: int | None = None):
+    """A ``datasets.Dataset`` of ``seq_len``-token chunks (``input_ids``, ``labels`` = ``input_ids``,
+    ``attention_mask``; int32 Arrow storage) from ``docs`` joined with EOS by ``tasks.corpora.pack_token_chunks``.
+
+    ``block_docs=None`` packs the whole corpus as one stream (only the final remainder, < ``seq_len`` tokens, is
+    dropped). ``block_docs=N`` packs every N consecutive documents on their own through ``datasets.map`` (the
+    Hugging Face ``run_clm`` recipe): memory stays bounded for billion-token corpora, at the cost of < ``seq_len``
+    dropped tokens per block."""
+    import datasets
+
+    from tasks.corpora import pack_token_chunks
+
+    eos = tokenizer.eos_token_id
+    features = datasets.Features({name: datasets.Sequence(datasets.Value("int32"))
+                                  for name in ("input_ids", "labels", "attention_mask")})
+
+    def pack(texts: list[str]) -> dict:
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        chunks = pack_token_chunks(ids, seq_len, eos)
+        return {"input_ids": chunks, "labels": chunks, "attention_mask": [[1] * seq_len for _ in chunks]}
+
+    if block_docs is None:
+        return datasets.Dataset.from_dict(pack(docs), features=features)
+    if not isinstance(block_docs, int) or block_docs <= 0:
+        raise ValueError(f"task.pack_block_docs must be a positive integer or null, got {block_docs!r}")
+    texts = datasets.Dataset.from_dict({"text": docs})
+    return texts.map(lambda batch: pack(batch["text"]), batched=True, batch_size=block_docs,
+                     remove_columns=["text"], features=features, desc="packing")
+
+
 class ContinualPretrainTask(Task):
     name = "continual_pretrain"
 
@@ -70,7 +101,6 @@ class ContinualPretrainTask(Task):
         return domain
 
     def prepare(self, tokenizer) -> TaskData:
-        from tasks.corpora import pack_token_chunks
         import datasets
 
         domain = self.domain
@@ -78,24 +108,20 @@ class ContinualPretrainTask(Task):
         docs = corpus_texts(corpus, domain)
         good = [d for d in docs if isinstance(d, str) and d.strip()]
         info: dict[str, Any] = {"n_docs": len(good), "n_skipped_empty_docs": len(docs) - len(good)}
+        del docs
         seq_len = int(_get(self.cfg, "seq_len", 2048))
         if tokenizer.eos_token_id is None:
             raise ValueError("continual_pretrain: the tokenizer has no eos_token_id to separate documents")
-        tokenized = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in good)
-        chunks = pack_token_chunks(tokenized, seq_len, tokenizer.eos_token_id)
+        block = _get(self.cfg, "pack_block_docs")
+        chunks = packed_chunks(good, tokenizer, seq_len, block)
         n_eval = int(_get(self.cfg, "n_eval_chunks", 0))
         if len(chunks) <= n_eval:
             raise TaskDataError(f"{domain} corpus: {len(good)} documents give {len(chunks)} chunks of {seq_len} "
                                 f"tokens, not enough for training plus n_eval_chunks={n_eval}")
-        train_chunks, eval_chunks = chunks[: len(chunks) - n_eval], chunks[len(chunks) - n_eval:]
-
-        def rows(cs):
-            return datasets.Dataset.from_list([{"input_ids": c, "labels": list(c), "attention_mask": [1] * len(c)}
-                                               for c in cs])
-        info.update(n_train=len(train_chunks), n_eval=len(eval_chunks), seq_len=seq_len,
-                    n_tokens=len(train_chunks) * seq_len)
-        return TaskData(train=rows(train_chunks), eval=rows(eval_chunks) if eval_chunks else None,
-                        collator=PaddingCollator(pad_token_id_of(tokenizer)), info=info)
+        train = chunks.select(range(len(chunks) - n_eval))
+        held_out = chunks.select(range(len(chunks) - n_eval, len(chunks))) if n_eval else None
+        info.update(n_train=len(train), n_eval=n_eval, seq_len=seq_len, n_tokens=len(train) * seq_len)
+        return TaskData(train=train, eval=held_out, collator=PaddingCollator(pad_token_id_of(tokenizer)), info=info)
 
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
         from tasks.evaluation.adaptllm import evaluate_suite

@@ -250,3 +250,19 @@ def test_arrow_backed_builder_matches_the_list_builder(tok):
         assert [dict(r) for r in dataset] == listed
         assert {k: v for k, v in info.items() if not k.startswith("n_skipped_") or k in list_info} == list_info
         assert info["n_skipped_unknown_role"] == 1 and info["n_skipped_no_assistant_turn"] == 1
+
+
+def test_packing_in_blocks_matches_one_stream_when_blocks_hold_whole_chunks(tok):
+    from tasks.continual import packed_chunks
+    from tasks.corpora import pack_token_chunks
+
+    docs = ["abcdefg", "hij", "klmnopqrstu", "vw"]          # 8 + 4 + 12 + 3 = 27 tokens with EOS
+    whole = packed_chunks(docs, tok, seq_len=4)
+    expected = pack_token_chunks([_bytes(d) for d in docs], 4, EOS_ID)
+    assert whole["input_ids"] == expected and whole["labels"] == expected and len(expected) == 6
+    blocks = packed_chunks(docs, tok, seq_len=4, block_docs=2)   # blocks of 12 and 15 tokens: 3 + 3 chunks
+    assert blocks["input_ids"] == expected
+    odd = packed_chunks(docs, tok, seq_len=5, block_docs=1)      # every document packed alone: remainders dropped
+    assert odd["input_ids"] == [_bytes("abcde"), _bytes("klmno"), _bytes("pqrst")]
+    with pytest.raises(ValueError, match="pack_block_docs"):
+        packed_chunks(docs, tok, seq_len=4, block_docs=0)
