@@ -67,7 +67,6 @@ def load_rows(*, hf_name: str | None, split: str = "train", config: str | None =
     local copy ("task.data_path")."""
     import datasets
 
-    datasets.disable_progress_bars()
     if data_path:
         builder, files = local_data_files(data_path, what, key)
         try:
