@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import how_to_get, local_data_files, require_hub_dataset
+from tasks.data_source import local_data_files, require_hub_dataset
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     generation_of, load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -85,17 +85,7 @@ def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None
             if suite not in HUB_NAMES:
                 raise ValueError(f"task.eval.suites: unknown suite {suite!r}; known: gsm8k, math, lm_eval:<task>")
             specs = suite_specs(suite, cfg)
-            try:
-                metrics, samples = run_tasks(lm, specs, limit=limit)
-            except TaskDataError:
-                raise
-            except Exception as exc:
-                if _get(_get(cfg, suite, {}), "data_path"):
-                    raise
-                hub_name, config = HUB_NAMES[suite]
-                raise TaskDataError(f"{suite} evaluation data: lm-eval could not load '{hub_name}' "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                                    + how_to_get(hub_name, f'task.eval.{suite}.data_path', config)) from None
+            metrics, samples = run_tasks(lm, specs, limit=limit)   # hub data was checked by suite_specs
             names = [s["task"] for s in specs]
             results[suite] = micro_average(metrics, samples, names, "acc")
             if output_dir is not None:
@@ -111,9 +101,11 @@ def _stock(lm, name: str, limit, output_dir: Path | None) -> dict[str, float]:
         require_hub_dataset(hub_name, config, "test", f"lm-eval task {name!r}", None)
     try:
         metrics, samples = run_tasks(lm, [name], limit=limit, include_defaults=True)
-    except Exception as exc:
-        raise TaskDataError(f"lm-eval task {name!r} failed to load or run ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it needs its hub dataset "
+    except KeyError:
+        raise ValueError(f"task.eval.suites: lm_eval:{name} is not an lm-eval task name") from None
+    except (ConnectionError, FileNotFoundError, OSError) as exc:
+        raise TaskDataError(f"lm-eval task {name!r} could not load its data ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it reads its hub dataset "
                             f"(network or HF cache)") from None
     out = {f"lm_eval/{task}/{metric}": value for task, row in metrics.items() for metric, value in row.items()}
     if output_dir is not None:

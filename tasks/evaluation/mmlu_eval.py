@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import how_to_get, load_rows, local_data_files, require_hub_dataset
+from tasks.data_source import load_rows, local_data_files, require_hub_dataset
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -105,16 +105,7 @@ def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> di
         lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
                      max_length=_get(cfg, "max_length"))
         for k in shots:
-            try:
-                metrics, samples = run_tasks(lm, specs, num_fewshot=k, limit=limit, include_defaults=not local)
-            except TaskDataError:
-                raise
-            except Exception as exc:
-                if local:
-                    raise
-                raise TaskDataError(f"MMLU: lm-eval could not load 'cais/mmlu' ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                                    + how_to_get("cais/mmlu", "task.eval.mmlu.test_path", "all")) from None
+            metrics, samples = run_tasks(lm, specs, num_fewshot=k, limit=limit, include_defaults=not local)
             leaf = [t for t in samples if samples[t]]
             results[f"mmlu_{k}shot"] = micro_average(metrics, samples, leaf, "acc")
             if output_dir is not None:
