@@ -174,3 +174,16 @@ def test_remora_pretrain_killed_after_a_merge_resumes_to_the_same_result(compose
                                                              "resume=true")).record_path)
     assert resumed["final"] == pytest.approx(reference["final"], rel=1e-5)
     assert [p["step"] for p in resumed["history"] if "val_ppl" in p] == [2, 4, 6]
+
+
+def test_streamed_chunks_are_split_between_dataloader_workers():
+    tok = byte_tokenizer()
+    task = PretrainTask(dict(name="pretrain", corpus="hf", hf_name=str(FIXTURES / "c4_mini"), hf_config=None,
+                             streaming=True, seq_len=64, eval_lengths=[], max_val_docs=None))
+    data = task.prepare(tok)
+    single = [tuple(r["input_ids"]) for r in data.train]
+    loader = torch.utils.data.DataLoader(data.train, batch_size=None, num_workers=2)
+    multi = [tuple(int(t) for t in r["input_ids"]) for r in loader]
+    assert len(set(multi)) == len(multi)  # no chunk twice
+    total = sum(len(c) for c in single)
+    assert abs(sum(len(c) for c in multi) - total) <= 2 * 64  # the same tokens, up to each worker's remainder
