@@ -69,9 +69,13 @@ def test_evaluate_script_appends_to_the_record(math_run, tmp_path, capsys):
     sys.path.insert(0, str(REPO / "scripts"))
     import evaluate as evaluate_script
 
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / f"{record['run_id']}.json").write_text(json.dumps(record))
     assert evaluate_script.main([f"run={run}", "tasks=[gsm8k]", "task.eval.max_gen_toks=4",
-                                 f"results_dir={tmp_path / 'none'}"]) == 0
+                                 f"results_dir={results}"]) == 0
     updated = json.loads((run / "record.json").read_text())
+    assert json.loads((results / f"{record['run_id']}.json").read_text())["final"] == updated["final"]
     assert set(updated["final"]) >= {"gsm8k", "math", "train_loss"}
     assert updated["final"]["math"] == record["final"]["math"]
     assert (run / "samples" / "gsm8k.jsonl").is_file()
