@@ -82,8 +82,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--info") for a in sys.argv[1:]):
-        argv = sys.argv[1:]
+    argv = sys.argv[1:]
+    # one-line pre-checks only for plain overrides (with -m at most); any other Hydra flag (--cfg, --help, -cn …)
+    # goes straight to Hydra
+    if all(not a.startswith("-") or a in ("-m", "--multirun") for a in argv):
         check_group_choices([a for a in argv if not a.startswith("hydra")])
         if not any(a in ("-m", "--multirun") for a in argv):
             check_composes(argv)

@@ -248,7 +248,8 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
             experiment=_choice(choices, "experiment"), sweep=None if cfg.get("sweep") is None else str(cfg.sweep),
             config=resolved, params=info, history=history, final=final,
             wall_time_s=time.time() - start,
-            tokens_per_s=trainer.tokens_trained / train_seconds if train_seconds > 0 else 0.0,
+            tokens_per_s=(trainer.tokens_trained * trainer.args.world_size / train_seconds  # all processes
+                          if train_seconds > 0 else 0.0),
             output_dir=str(output_dir), samples_dir=str(samples_dir),
         )
         record_path = write_record(record, cfg.results_dir)
