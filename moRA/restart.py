@@ -204,7 +204,7 @@ def validate_restart_setup(layers: Sequence[AdaptedLayer], config: RestartConfig
 
 
 def canonical_cycle(cycle: Iterable) -> tuple[str, ...]:
-    """Canonical type names of a cycle; ``auto`` and repeated neighbours are rejected."""
+    """Canonical type names of a cycle; ``auto`` and a type listed twice are rejected."""
     names = []
     for t in cycle:
         if isinstance(t, str) and t.lower() == "auto":
