@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.distributed.conftest import REPO, TIMEOUT_S, subprocess_env
 
-MAX_STEPS, SAVE_STEPS = 200, 20
+MAX_STEPS, SAVE_STEPS = 100, 20
 RUN_IDS = [f"uuid-tiny-mora-r8-rope-lr3e-3-s{s}" for s in (1, 2)]
 
 
