@@ -185,3 +185,28 @@ def test_a_slurm_task_gets_torch_distributed_variables():
     env: dict = {}
     assert export_torch_env(first, env) == first and env["RANK"] == "0"
     assert export_torch_env(last, {"RANK": "3", "WORLD_SIZE": "4"}) == {}  # a launcher inside the job wins
+
+
+def test_slurm_config_values_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """The values of configs/hydra/launcher/slurm.yaml, passed to submitit the way hydra-submitit-launcher passes them
+    (base keys as they are, the others prefixed ``slurm_``), give the expected ``#SBATCH`` lines. (submitit only
+    checks that an ``srun`` exists: a stub stands in for it.)"""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=acct",
+                   "hydra.launcher.nodes=4", "hydra.launcher.timeout_min=720", f"hydra.sweep.dir={tmp_path}/sweep"],
+                  return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    params.pop("_target_")
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--partition=gpu", "--account=acct", "--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8",
+                 "--time=720", "--signal=USR2@300"):
+        assert f"#SBATCH {line}\n" in sbatch, line
