@@ -1,5 +1,10 @@
-"""A 2-job multirun through hydra-submitit-launcher's local executor (``hydra/launcher=local``: the same submission
-path as ``hydra/launcher=slurm``, each job a separate process), then the same command again: nothing is re-trained."""
+"""A 2-job multirun through hydra-submitit-launcher's local executor (``hydra/launcher=local``: the submission path of
+``hydra/launcher=slurm``, each job its own processes), each job run as 2 tasks like a SLURM job over 2 GPUs; then the
+same command again, which re-trains nothing.
+
+The 2 tasks of a job get torch's distributed variables from ``runner.distributed.DistributedEnvCallback`` (the
+callback configs/hydra/launcher/{local,slurm}.yaml install), so the Trainer sees a world of 2: accumulation 1 for a
+global batch of 8 at micro-batch 4, and the weights of the one-process run with the same global batch."""
 from __future__ import annotations
 
 import json
@@ -7,44 +12,54 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.distributed.conftest import REPO, TIMEOUT_S, subprocess_env
+import torch
 
-RUN_IDS = [f"uuid-tiny-mora-r8-rope-lr3e-3-s{s}" for s in (1, 2)]
+from tests.distributed.conftest import REPO, TIMEOUT_S, TINY_DISTRIBUTED, load_weights, subprocess_env
+
+RUN_IDS = [f"uuid-tiny-mora-r8-rope-lr3e-3-s{s}" for s in (42, 43)]
+ATOL = 1e-5
 
 
 def _sweep(tmp_path: Path) -> list[str]:
-    return [sys.executable, "train.py", "-m", "seed=1,2", "sweep=submitit_test", "resume=auto",
-            "hydra/launcher=local", "task.n_pairs=8", "task.eval_n=4", "trainer.batch_size=4",
-            "trainer.micro_batch_size=4", "trainer.max_steps=2", "trainer.save_steps=2", "trainer.eval_steps=1000",
-            "trainer.logging_steps=1", "trainer.warmup_steps=0", "trainer.num_threads=1", "logger=none",
-            f"output_dir={tmp_path}/outputs/${{run_id}}", f"results_dir={tmp_path}/results",
-            f"hydra.sweep.dir={tmp_path}/sweep"]
+    return [sys.executable, "train.py", "-m", "seed=42,43", "sweep=submitit_test", "resume=auto",
+            "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", *TINY_DISTRIBUTED,
+            "trainer.micro_batch_size=4", f"output_dir={tmp_path}/outputs/${{run_id}}",
+            f"results_dir={tmp_path}/results", f"hydra.sweep.dir={tmp_path}/sweep"]
 
 
 def _submit(tmp_path: Path) -> str:
-    proc = subprocess.run(_sweep(tmp_path), cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    proc = subprocess.run(_sweep(tmp_path), cwd=REPO, env=subprocess_env(TRANSFORMERS_VERBOSITY="info"),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
 
-def _job_logs(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+def _job_logs(tmp_path: Path) -> dict[str, list[Path]]:
+    """submitit job folder → its tasks' stdout and stderr logs."""
+    return {d.name: sorted(d.glob("*_log.*")) for d in (tmp_path / "sweep" / ".submitit").iterdir()
+            if d.is_dir() and d.name.isdigit()}
 
 
-def test_two_job_multirun_through_submitit_local_then_resubmitted(tmp_path):
+def test_two_job_multirun_of_two_task_jobs_through_submitit_local(tmp_path, one_process_reference):
     out = _submit(tmp_path)
     assert "Submitit 'local' sweep output dir" in out
-    logs = _job_logs(tmp_path)
-    assert len(logs) == 2  # two submitit jobs, i.e. two separate processes
+    jobs = _job_logs(tmp_path)
+    assert len(jobs) == 2 and all(len(logs) == 4 for logs in jobs.values())  # 2 jobs × 2 tasks × out/err
+    for logs in jobs.values():  # the Trainer (rank 0) saw a world of 2
+        text = "".join(log.read_text() for log in logs)
+        assert "Gradient Accumulation steps = 1" in text and "(w. parallel, distributed & accumulation) = 8" in text
+
     records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "results").iterdir()}
     assert sorted(records) == sorted(f"{r}.json" for r in RUN_IDS)
-    assert {r["seed"] for r in records.values()} == {1, 2}
     assert all(r["sweep"] == "submitit_test" and r["status"] == "completed" for r in records.values())
-    before = {name: (tmp_path / "results" / name).read_bytes() for name in records}
+    adapter = load_weights(tmp_path / "outputs" / RUN_IDS[0] / "adapter" / "adapter_model.safetensors")
+    for name, ref in one_process_reference.items():  # seed 42 = the reference run's seed
+        saved = adapter[name.replace(".default.", ".").removesuffix(".default")]
+        assert torch.allclose(saved, ref, atol=ATOL, rtol=0), f"{name}: 2-task job vs 1 process"
 
+    before = {name: (tmp_path / "results" / name).read_bytes() for name in records}
     _submit(tmp_path)  # the same command: both runs exist, so both jobs skip
-    new_logs = [p for p in _job_logs(tmp_path) if p not in logs]
-    assert len(new_logs) == 2
-    assert all("skipped, completed record exists" in p.read_text() for p in new_logs)
+    new_logs = [log for job, logs in _job_logs(tmp_path).items() if job not in jobs for log in logs
+                if log.name.endswith(".out")]
+    assert len(new_logs) == 4 and all("skipped, completed record exists" in p.read_text() for p in new_logs)
     assert {name: (tmp_path / "results" / name).read_bytes() for name in records} == before
