@@ -25,6 +25,7 @@ import argparse
 import itertools
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "command":
             print(" ".join(shlex.quote(a) for a in argv_cmd))
             return 0
+        if args.action == "run" and args.launcher == "slurm" and shutil.which("sbatch") is None:
+            raise SweepError("sbatch not found: --launcher slurm submits from a SLURM login node; "
+                             "use --launcher local or basic on this machine")
         states = run_states(sweep_overrides(args.table, seeds, args.base, experiments) + list(args.extra))
         if args.action == "status":
             for s in states:

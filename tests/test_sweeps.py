@@ -210,3 +210,10 @@ def test_slurm_config_values_reach_the_sbatch_script(tmp_path, monkeypatch):
     for line in ("--partition=gpu", "--account=acct", "--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8",
                  "--time=720", "--signal=USR2@300"):
         assert f"#SBATCH {line}\n" in sbatch, line
+
+
+def test_submitting_to_slurm_without_slurm_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert main(["run", "uuid", "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sbatch not found") and err.count("\n") == 1
