@@ -20,7 +20,6 @@ Unknown fields, sources or values raise a one-line ``ValueError``.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -135,14 +134,9 @@ def _build_local(cfg: dict, dtype: torch.dtype):
         raise ValueError(f"model {cfg['name']!r}: source 'local' needs a 'path'")
     path = _resolve_path(path_value)
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
-        if cfg["name"] == "tiny":  # temporary fallback while the committed base is being produced
-            warnings.warn(f"tiny pretrained base missing at {path}: using RANDOM weights of tiny_scratch (seed 0); "
-                          f"run scripts/make_tiny_base.py", stacklevel=3)
-            scratch = load_model_config("tiny_scratch")
-            scratch["dtype"] = cfg.get("dtype") or "float32"
-            return _build_scratch(scratch, 0, dtype, None)
+        hint = "; recreate the tiny base with `python scripts/make_tiny_base.py`" if cfg["name"] == "tiny" else ""
         raise ModelNotAvailableError(
-            f"model.path={path_value!r} ({path}) is not a model folder with config.json and *.safetensors")
+            f"model.path={path_value!r} ({path}) is not a model folder with config.json and *.safetensors{hint}")
     model = _from_pretrained(str(path), dtype, cfg, local_files_only=True, what=f"model.path={path_value!r}")
     tokenizer = _build_tokenizer(cfg.get("tokenizer"), cfg, model_path=str(path),
                                  max_length=getattr(model.config, "max_position_embeddings", 2048))
