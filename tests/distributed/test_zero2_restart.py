@@ -58,7 +58,7 @@ def test_zero2_two_processes_merge_and_reset(tmp_path):
         assert res["raw_adapter_entries"] > 0 and res["raw_adapter_max_before"] > 0
         assert res["raw_adapter_max_after"] == 0.0 and res["raw_other_entries_unchanged"]
         assert res["full_trained_moments_unchanged"] and res["n_full_trained"] >= 5
-        assert abs(res["pruned_fraction"] - 0.5) < 0.02
+        assert abs(res["pruned_fraction"] - 0.5) < 0.02 and res["pruned_together"]
         assert res["M_model_vs_master_after_next_step"] < 1e-7
         assert res["M_after_next_step_max"] > 0.0  # training went on from M = 0
     # each rank holds a different part of the partitioned state; together they cover all of M
@@ -153,7 +153,9 @@ def _worker(out_dir: str) -> None:
                 # the DeepSpeed pruning path (collective gather, identical pruning, local write-back)
                 emb = max(full_params(), key=lambda p: p.numel())
                 reset_optimizer_state(optimizer, [emb], "magnitude", 0.5)
-                res["pruned_fraction"] = float((zero2_full_moment(optimizer, emb, "exp_avg") == 0).float().mean())
+                m, v = zero2_full_moment(optimizer, emb, "exp_avg"), zero2_full_moment(optimizer, emb, "exp_avg_sq")
+                res["pruned_fraction"] = float((m == 0).float().mean())
+                res["pruned_together"] = bool(torch.equal(m == 0, v == 0))
             if state.global_step == 3:
                 res["M_model_vs_master_after_next_step"] = max(
                     float((p.detach().float() - safe_get_full_fp32_param(p)).abs().max()) for p in adapter_params())

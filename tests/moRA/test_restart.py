@@ -134,22 +134,26 @@ def test_full_reset_clears_adapter_moments_and_keeps_full_trained_state(build):
 
 
 @pytest.mark.parametrize("mode,ratio", [("random", 0.6), ("magnitude", 0.9)])
-def test_pruning_reset_zeroes_the_requested_fraction(mode, ratio):
+def test_pruning_reset_zeroes_the_requested_fraction_in_both_moments_together(mode, ratio):
     model = lora_model(r=8)
     opt = _trained_optimizer(model)
     params = [p for l in find_adapted_layers(model) for p in l.adapter_parameters()]
-    before = {id(p): opt.state[p]["exp_avg"].clone() for p in params}
+    before = {id(p): {k: opt.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")} for p in params}
     reset_optimizer_state(opt, params, mode, ratio, seed=3)
     total = sum(p.numel() for p in params)
     zero = sum(int((opt.state[p]["exp_avg"] == 0).sum()) for p in params)
     assert abs(zero / total - ratio) < 0.03
     for p in params:
-        after = opt.state[p]["exp_avg"]
-        kept = after != 0
-        assert torch.equal(after[kept], before[id(p)][kept])  # survivors untouched
+        m, v = opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+        kept = m != 0
+        # an entry is pruned in both moments or in neither: no momentum left without its second moment
+        assert torch.equal(v != 0, kept)
+        for key, now in (("exp_avg", m), ("exp_avg_sq", v)):
+            assert torch.equal(now[kept], before[id(p)][key][kept])  # survivors untouched
         assert float(opt.state[p]["step"]) > 0  # pruning keeps Adam's step count
         if mode == "magnitude" and kept.any() and (~kept).any():
-            assert float(before[id(p)][~kept].abs().max()) <= float(before[id(p)][kept].abs().min())
+            old = before[id(p)]["exp_avg"]
+            assert float(old[~kept].abs().max()) <= float(old[kept].abs().min())
 
 
 class _Wrapper:
