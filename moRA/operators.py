@@ -230,6 +230,73 @@ def add_decompressed_(out: torch.Tensor, u: torch.Tensor, mora_type: str) -> tor
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Adjoints (the backward pass): folding an output gradient onto u, spreading a gradient of c back onto x
+# --------------------------------------------------------------------------------------------------------------
+def fold_tiled(y: torch.Tensor, r: int) -> torch.Tensor:
+    """Adjoint of tile decompression: ``(..., d) → (..., r)``, slot j gets Σ_{o ≡ j (mod r)} y[o] (no wrap)."""
+    d = y.shape[-1]
+    p, s = divmod(d, r)
+    res = y[..., : p * r].unflatten(-1, (p, r)).sum(-2) if p else y.new_zeros(*y.shape[:-1], r)
+    if s:
+        res[..., :s] += y[..., p * r :]
+    return res
+
+
+def fold_decompressed(y: torch.Tensor, r: int, mora_type: str) -> torch.Tensor:
+    """Adjoint of ``add_decompressed_``: the gradient of u from the gradient of the output, ``(..., d) → (..., r)``."""
+    kind = _DECOMPRESSION[mora_type]
+    if kind == "tile":
+        return fold_tiled(y, r)
+    if kind == "interleave":  # repeat_interleave's adjoint sums each contiguous group
+        return compress_contiguous(y, r)
+    return compress_truncate(y, r)
+
+
+def spread_compressed_(gx: torch.Tensor, gc: torch.Tensor, mora_type: str) -> torch.Tensor:
+    """Adjoint of ``compress``: ``gx (..., k) += f_compᵀ(gc)`` for ``gc: (..., r)``."""
+    kind = _COMPRESSION[mora_type]
+    if kind == "contiguous":
+        return add_interleaved_(gx, gc)
+    if kind == "truncate":
+        return add_truncated_(gx, gc)
+    k, r = gx.shape[-1], gc.shape[-1]
+    add_tiled_(gx, gc)  # positions i < k of the padded x
+    width = num_blocks(k, r) * r
+    if width > k:  # the wrapped positions k ≤ i < n·r read x[i mod k]
+        i = torch.arange(k, width, device=gx.device)
+        gx.index_add_(-1, i % k, gc[..., i % r])
+    return gx
+
+
+class _SharingBranch(torch.autograd.Function):
+    """``out (…, d) += f_decomp(M · f_comp(x))`` for the sharing family and truncation, in place, with a hand-written
+    backward (the adjoints above): one GEMM each way, and only the compressed ``c: (N, r̂)`` is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, out, x, M, mora_type):
+        d, k = out.shape[-1], x.shape[-1]
+        c = compress(x.reshape(-1, k), M.shape[-1], mora_type)
+        add_decompressed_(out.view(-1, d), torch.mm(c, M.T), mora_type)
+        ctx.save_for_backward(c, M)
+        ctx.mora_type, ctx.x_shape = mora_type, x.shape
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        c, M = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(M.dtype)
+        gu = fold_decompressed(g, M.shape[-1], ctx.mora_type)
+        grad_x = grad_m = None
+        if ctx.needs_input_grad[1]:
+            gx = c.new_zeros(c.shape[0], ctx.x_shape[-1])
+            grad_x = spread_compressed_(gx, torch.mm(gu, M), ctx.mora_type).view(ctx.x_shape)
+        if ctx.needs_input_grad[2]:
+            grad_m = torch.mm(gu.T, c)
+        return grad_out, grad_x, grad_m, None
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Block types (rope, decouple)
 # --------------------------------------------------------------------------------------------------------------
 def num_blocks(k: int, r: int) -> int:
@@ -363,8 +430,9 @@ def add_mora_branch_(out: torch.Tensor, x: torch.Tensor, M: torch.Tensor, mora_t
     if mora_type in BLOCK_TYPES:
         n_out = num_output_blocks(out.shape[-1], x.shape[-1], r)
         return add_block_branch_(out, x, block_matrices(M, mora_type, n_out, tables))
-    u = compress(x, r, mora_type) @ M.T
-    return add_decompressed_(out, u, mora_type)
+    if not out.is_contiguous():
+        out = out.contiguous()
+    return _SharingBranch.apply(out, x, M, mora_type)
 
 
 def mora_branch(x: torch.Tensor, M: torch.Tensor, d: int, mora_type: str) -> torch.Tensor:
