@@ -52,18 +52,27 @@ def check_group_choices(argv: list[str]) -> None:
 
 def check_composes(argv: list[str]) -> None:
     """Compose the config once with Hydra's compose API so that a composition error (unknown key, bad override
-    syntax, missing option) is reported as one line; sweeps (``-m``) and ``hydra.*`` overrides are left to Hydra."""
+    syntax, missing option) is reported as one line, and run the read-only checks of ``runner.run.precheck`` on it;
+    sweeps (``-m``) and ``hydra.*`` overrides are left to Hydra."""
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides)
     except Exception as e:  # Hydra's ConfigCompositionException, OverrideParseException, MissingConfigException …
         text = str(e) + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
         lines = [l.strip() for l in text.splitlines()
                  if l.strip() and "HYDRA_FULL_ERROR" not in l and not l.strip().startswith(("full_key", "object_type"))]
         fail("; ".join(lines) or type(e).__name__)
+    from runner.run import precheck
+
+    try:  # bad values (r, lr, resume without checkpoint) fail before Hydra creates or rewrites the run folder
+        precheck(cfg)
+    except ValueError as e:
+        if os.environ.get("MORA_DEBUG"):
+            raise
+        fail(str(e))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")

@@ -153,6 +153,16 @@ def _choice(choices: Mapping[str, Any] | None, key: str) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------------------------- run
+def precheck(cfg: DictConfig) -> None:
+    """The read-only checks of a run (config values, resume state), for ``train.py`` to call before Hydra creates
+    the run folder: a bad invocation then leaves the disk as it was. ``run_experiment`` repeats them."""
+    validate_config(cfg)
+    resume = resume_mode(cfg.resume)
+    if resume == "auto":
+        return
+    plan_start(Path(str(cfg.output_dir)), resume, bool(cfg.get("overwrite", False)))
+
+
 def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
                    extra_callbacks: Sequence[Any] = ()) -> RunSummary:
     """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the

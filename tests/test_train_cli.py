@@ -60,6 +60,8 @@ def test_bad_input_is_one_line_and_damages_nothing(tmp_path, case):
     assert expected in error_line(proc)
     assert existing.read_text() == '{"an": "earlier record"}'
     assert [p.name for p in results.iterdir()] == [existing.name]
+    if case.startswith(("r_", "lr_", "unknown_", "resume_")):  # caught before Hydra makes the run folder
+        assert not (tmp_path / "outputs").exists()
 
 
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_writes_no_record(tmp_path):
