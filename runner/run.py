@@ -213,6 +213,14 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     set_seed(seed)
     model, info = apply_adapter(model, cfg.adapter, r)
     print(describe_parameters(info, r), flush=True)
+    # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
+    # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.
+    sv_threshold = cfg.task.get("sv_threshold")
+    initial_state = None
+    if sv_threshold is not None:
+        from moRA.analysis import initial_weights
+
+        initial_state = initial_weights(model)
 
     callbacks: list[Any] = [EvaluateEveryCallback(int(cfg.trainer.eval_steps))]
     scheduler_factory = None
@@ -250,8 +258,17 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
 
     record: dict[str, Any] = {}
     record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
+    zero3 = trainer.is_deepspeed_enabled and trainer.model_wrapped.zero_optimization_stage() == 3
+    if zero3:  # the weights are partitioned over the ranks: every rank takes part in gathering them for the save
+        trainer.save_model(str(output_dir / ("model" if method == "fft" else "adapter")))
     if trainer.is_world_process_zero():
-        save_trained(trainer.model, tokenizer, output_dir, method)
+        if not zero3:
+            save_trained(trainer.model, tokenizer, output_dir, method)
+        analysis = None
+        if initial_state is not None:
+            from moRA.analysis import analysis_for_record
+
+            analysis = analysis_for_record(trainer.model, initial_state, float(sv_threshold))
         record = build_record(
             run_id=run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=r,
             mora_type=info.get("mora_type"), model=str(cfg.model.name), seed=seed, lr=lr,
@@ -260,7 +277,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
             wall_time_s=time.time() - start,
             tokens_per_s=(trainer.tokens_trained * trainer.args.world_size / train_seconds  # all processes
                           if train_seconds > 0 else 0.0),
-            output_dir=str(output_dir), samples_dir=str(samples_dir),
+            output_dir=str(output_dir), samples_dir=str(samples_dir), analysis=analysis,
         )
         record_path = write_record(record, cfg.results_dir)
         write_json_atomic(record, output_dir / RECORD_COPY_NAME)
