@@ -101,8 +101,6 @@ class ContinualPretrainTask(Task):
         return domain
 
     def prepare(self, tokenizer) -> TaskData:
-        import datasets
-
         domain = self.domain
         corpus = _get(_get(self.cfg, "corpora", {}), domain, {})
         docs = corpus_texts(corpus, domain)

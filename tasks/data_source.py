@@ -14,7 +14,7 @@ import glob
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tasks.base import TaskDataError
 
@@ -95,3 +95,19 @@ def require_hub_dataset(hf_name: str, config: str | None, split: str, what: str,
                                 f"configured; " + how_to_get(hf_name, key, config))
         return
     load_rows(hf_name=hf_name, config=config, split=split, what=what, key=key)
+
+
+def config_value(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    """``cfg[key]``, or ``default`` when the mapping is missing or the value is absent or null."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def single_local_file(path: str, what: str, key: str) -> str:
+    """The one file that ``path`` names (a file, folder or glob); a one-line TaskDataError otherwise."""
+    _, files = local_data_files(path, what, key)
+    if len(files) != 1:
+        raise TaskDataError(f"{what}: {key}={path} must be a single file, found {len(files)}")
+    return files[0]

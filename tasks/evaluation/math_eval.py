@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import local_data_files, require_hub_dataset
+from tasks.data_source import config_value, require_hub_dataset, single_local_file
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     generation_of, load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -21,33 +21,19 @@ STOCK_DATA = {"gsm8k": ("openai/gsm8k", "main"), "gsm8k_cot": ("openai/gsm8k", "
               "hendrycks_math": ("EleutherAI/hendrycks_math", "algebra")}
 
 
-def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def _one_file(path: str, what: str, key: str) -> str:
-    _, files = local_data_files(path, what, key)
-    if len(files) != 1:
-        raise TaskDataError(f"{what}: {key}={path} must be a single file, found {len(files)}")
-    return files[0]
-
-
 def suite_specs(suite: str, cfg: Mapping) -> list[dict]:
     """lm-eval task dicts of ``suite`` ("gsm8k" | "math") for the configured data source."""
-    suite_cfg = _get(cfg, suite, {})
+    suite_cfg = config_value(cfg, suite, {})
     template = load_task_template(f"mora_{suite}")
     gen = dict(template["generation_kwargs"])
-    gen["max_gen_toks"] = int(_get(cfg, "max_gen_toks", gen["max_gen_toks"]))
+    gen["max_gen_toks"] = int(config_value(cfg, "max_gen_toks", gen["max_gen_toks"]))
     template["generation_kwargs"] = gen
-    data_path = _get(suite_cfg, "data_path")
+    data_path = config_value(suite_cfg, "data_path")
     key = f"task.eval.{suite}.data_path"
     if data_path:
-        return [with_local_data(template, _one_file(data_path, f"{suite} evaluation data", key))]
+        return [with_local_data(template, single_local_file(data_path, f"{suite} evaluation data", key))]
     hub_name, config = HUB_NAMES[suite]
-    subjects = list(_get(suite_cfg, "subjects", MATH_SUBJECTS)) if suite == "math" else []
+    subjects = list(config_value(suite_cfg, "subjects", MATH_SUBJECTS)) if suite == "math" else []
     require_hub_dataset(hub_name, config or subjects[0], "test", f"{suite} evaluation data", key)
     if suite == "gsm8k":
         return [template]
@@ -71,13 +57,13 @@ def _describe(suite: str, samples: list[dict]) -> list[dict]:
 
 
 def evaluate_math_suites(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> dict[str, float]:
-    suites = list(_get(cfg, "suites", ["gsm8k", "math"]))
-    limit = _get(cfg, "limit")
+    suites = list(config_value(cfg, "suites", ["gsm8k", "math"]))
+    limit = config_value(cfg, "limit")
     results: dict[str, float] = {}
-    with evaluation_model(model, _get(cfg, "merge", "copy")) as eval_model:
-        lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
-                     max_length=_get(cfg, "max_length"))
-        check_generation_budget(int(_get(cfg, "max_gen_toks", 512)), int(lm.max_length))
+    with evaluation_model(model, config_value(cfg, "merge", "copy")) as eval_model:
+        lm = make_lm(eval_model, tokenizer, batch_size=int(config_value(cfg, "batch_size", 8)),
+                     max_length=config_value(cfg, "max_length"))
+        check_generation_budget(int(config_value(cfg, "max_gen_toks", 512)), int(lm.max_length))
         for suite in suites:
             if suite.startswith("lm_eval:"):
                 results.update(_stock(lm, suite.split(":", 1)[1], limit, output_dir))

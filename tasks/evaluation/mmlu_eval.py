@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from tasks.base import TaskDataError
-from tasks.data_source import load_rows, local_data_files, require_hub_dataset
+from tasks.data_source import config_value, load_rows, require_hub_dataset, single_local_file
 from tasks.evaluation.eval_model import evaluation_model
 from tasks.evaluation.lm_eval_runner import (
     load_task_template, make_lm, micro_average, run_tasks, with_local_data, write_samples,
@@ -13,20 +13,6 @@ from tasks.evaluation.lm_eval_runner import (
 
 LETTERS = "ABCD"
 MMLU_FIELDS = ("question", "subject", "choices", "answer")
-
-
-def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def _one_file(path: str, what: str, key: str) -> str:
-    _, files = local_data_files(path, what, key)
-    if len(files) != 1:
-        raise TaskDataError(f"{what}: {key}={path} must be a single file, found {len(files)}")
-    return files[0]
 
 
 def check_mmlu_rows(rows, what: str) -> list[str]:
@@ -49,8 +35,8 @@ def check_mmlu_rows(rows, what: str) -> list[str]:
 
 def local_mmlu_specs(test_path: str, dev_path: str | None) -> list[dict]:
     """One ``mora_mmlu`` task per subject of the local test file (few-shot examples: dev rows of that subject)."""
-    test_file = _one_file(test_path, "MMLU test data", "task.eval.mmlu.test_path")
-    dev_file = _one_file(dev_path, "MMLU dev data", "task.eval.mmlu.dev_path") if dev_path else None
+    test_file = single_local_file(test_path, "MMLU test data", "task.eval.mmlu.test_path")
+    dev_file = single_local_file(dev_path, "MMLU dev data", "task.eval.mmlu.dev_path") if dev_path else None
     subjects = check_mmlu_rows(load_rows(hf_name=None, data_path=test_file, what="MMLU test data",
                                          key="task.eval.mmlu.test_path"), "MMLU test data")
     if dev_file:
@@ -86,10 +72,10 @@ def _describe(sample: dict) -> dict:
 
 
 def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> dict[str, float]:
-    mmlu_cfg = _get(cfg, "mmlu", {})
-    shots = [int(k) for k in _get(cfg, "num_fewshot", [0, 5])]
-    source = _get(mmlu_cfg, "source", "auto")
-    test_path = _get(mmlu_cfg, "test_path")
+    mmlu_cfg = config_value(cfg, "mmlu", {})
+    shots = [int(k) for k in config_value(cfg, "num_fewshot", [0, 5])]
+    source = config_value(mmlu_cfg, "source", "auto")
+    test_path = config_value(mmlu_cfg, "test_path")
     if source not in ("auto", "local", "lm_eval"):
         raise ValueError(f"task.eval.mmlu.source={source!r} must be auto, local or lm_eval")
     local = source == "local" or (source == "auto" and test_path)
@@ -98,12 +84,12 @@ def evaluate_mmlu(model, tokenizer, cfg: Mapping, output_dir: Path | None) -> di
     if not local:
         require_hub_dataset("cais/mmlu", "abstract_algebra", "test", "MMLU (lm-eval's mmlu reads cais/mmlu)",
                             "task.eval.mmlu.test_path")
-    specs = local_mmlu_specs(test_path, _get(mmlu_cfg, "dev_path")) if local else ["mmlu"]
-    limit = _get(cfg, "limit")
+    specs = local_mmlu_specs(test_path, config_value(mmlu_cfg, "dev_path")) if local else ["mmlu"]
+    limit = config_value(cfg, "limit")
     results = {}
-    with evaluation_model(model, _get(cfg, "merge", "copy")) as eval_model:
-        lm = make_lm(eval_model, tokenizer, batch_size=int(_get(cfg, "batch_size", 8)),
-                     max_length=_get(cfg, "max_length"))
+    with evaluation_model(model, config_value(cfg, "merge", "copy")) as eval_model:
+        lm = make_lm(eval_model, tokenizer, batch_size=int(config_value(cfg, "batch_size", 8)),
+                     max_length=config_value(cfg, "max_length"))
         for k in shots:
             metrics, samples = run_tasks(lm, specs, num_fewshot=k, limit=limit, include_defaults=not local)
             leaf = [t for t in samples if samples[t]]

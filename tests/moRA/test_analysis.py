@@ -1,7 +1,6 @@
 """ΔW extraction and singular-value counts."""
 import json
 
-import peft
 import pytest
 import torch
 

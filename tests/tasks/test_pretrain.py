@@ -11,7 +11,7 @@ import torch
 from runner.tokenizer import byte_tokenizer
 from tasks.base import TaskDataError
 from tasks.corpora import pack_token_chunks
-from tasks.pretrain import PackedCollator, PretrainTask, StreamingChunks, iter_token_chunks
+from tasks.pretrain import PretrainTask, StreamingChunks, iter_token_chunks
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrain"
 
