@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--types", default=",".join(MORA_TYPES), help="comma-separated MoRA types")
     ap.add_argument("--ranks", default="8,256")
+    ap.add_argument("--shapes", default=None, help="comma-separated d×k shapes, e.g. 4096x11008 (default: all three)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) to this file")
     args = ap.parse_args(argv)
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in shape.lower().replace("×", "x").split("x")) for shape in args.shapes.split(",")]
     ranks = [8] if args.quick else [int(r) for r in args.ranks.split(",")]
     repeats = 3 if args.quick else args.repeats
     types = [moRA.canonical_mora_type(t) for t in args.types.split(",")]
@@ -163,6 +166,8 @@ def main(argv=None) -> int:
               "| shape d×k | r | type | merge ms |", "|---|---|---|---|"]
     print("\n".join(lines[-5:]), flush=True)
     merge_shapes = [(11008, 4096), (4096, 11008)]
+    if args.shapes:
+        merge_shapes = [s for s in shapes if s in merge_shapes]
     for d, k in merge_shapes[:1] if args.quick else merge_shapes:
         for r in ranks:
             for mora_type in types:
