@@ -457,6 +457,27 @@ def _compression_pairs(k: int, r: int, mora_type: str, device) -> tuple[torch.Te
     return f, f
 
 
+def _m_times_compression(M: torch.Tensor, k: int, mora_type: str) -> torch.Tensor:
+    """``M · C: (r, k)`` for a sharing-family compression C, column m = Σ of the columns of M that feature m feeds.
+    Every feature feeds one slot (plus, for the strided types, the < r wrapped positions), so this is one gather of
+    M's columns — a single pass over the r × k result."""
+    r = M.shape[-1]
+    kind = _COMPRESSION[mora_type]
+    if kind == "truncate":
+        mc = M.new_zeros(r, k)
+        n = min(r, k)
+        mc[:, :n] = M[:, :n]
+        return mc
+    if kind == "strided" and r > k:  # x wraps around more than once: sum over all (feature, slot) pairs
+        feat, slot = _compression_pairs(k, r, mora_type, M.device)
+        return M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T.contiguous()
+    feat, slot = _compression_pairs(k, r, mora_type, M.device)
+    mc = M.index_select(1, slot[:k])  # feature m < k at position m: slot m mod r (strided) or its group
+    if len(slot) > k:  # strided, wrapped positions k ≤ i < n·r read feature i − k
+        mc[:, feat[k:]] += M[:, slot[k:]]
+    return mc
+
+
 def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: torch.Tensor | None = None,
                       alpha: float = 1.0) -> torch.Tensor:
     """``W (d, k) += alpha · ΔW`` in place, without materialising ΔW (a merge is one pass over W for the sharing
@@ -473,10 +494,7 @@ def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: 
         for row0 in range(0, d, width):  # one pass unless d > n·r, where the n·r outputs repeat (⌈d / n·r⌉ tiles)
             _add_block_diagonal_(W[row0 : row0 + width], blocks, k, alpha)
         return W
-    feat, slot = _compression_pairs(k, r, mora_type, M.device)
-    # (M · C)ᵀ: (k, r), row m = Σ over the pairs (m, j) of column j of M; built row-wise (fast), then laid out as
-    # M · C: (r, k), row j = what output slots reading u[j] receive.
-    mc = M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T.contiguous()
+    mc = _m_times_compression(M, k, mora_type)
     kind = _DECOMPRESSION[mora_type]
     if kind == "tile":
         p, s = divmod(d, r)
