@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.base import Task, TaskData, TaskDataError
+from tasks.data_source import config_value
 from tasks.supervised import PaddingCollator, pad_token_id_of
 
 DOMAINS = ("biomed", "finance")
-
-
-def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
 
 
 def corpus_texts(corpus: Mapping, domain: str) -> list:
@@ -35,9 +29,9 @@ def corpus_texts(corpus: Mapping, domain: str) -> list:
     from tasks.data_source import load_rows
 
     key = f"task.corpora.{domain}.data_path"
-    data_path = _get(corpus, "data_path")
-    max_docs = _get(corpus, "max_docs")
-    text_field = _get(corpus, "text_field", "text")
+    data_path = config_value(corpus, "data_path")
+    max_docs = config_value(corpus, "max_docs")
+    text_field = config_value(corpus, "text_field", "text")
     if data_path:
         path = Path(str(data_path)).expanduser()
         if path.suffix == ".txt" or (path.is_dir() and any(path.rglob("*.txt"))):
@@ -49,12 +43,12 @@ def corpus_texts(corpus: Mapping, domain: str) -> list:
                                     f"(fields: {rows.column_names}); set task.corpora.{domain}.text_field")
             docs = rows[text_field]
         return list(docs[:max_docs] if max_docs else docs)
-    name = _get(corpus, "dataset")
+    name = config_value(corpus, "dataset")
     if not name:
         raise TaskDataError(f"{domain} corpus: set task.corpora.{domain}.dataset or {key}")
     try:
-        return hf_texts(name, _get(corpus, "config"), _get(corpus, "split", "train"), text_field,
-                        streaming=bool(_get(corpus, "streaming", True)), max_docs=max_docs)
+        return hf_texts(name, config_value(corpus, "config"), config_value(corpus, "split", "train"), text_field,
+                        streaming=bool(config_value(corpus, "streaming", True)), max_docs=max_docs)
     except TaskDataError as exc:
         raise TaskDataError(f"{domain} corpus: {exc}; with a local copy set {key}=<.txt files or "
                             f".jsonl/.parquet with field {text_field!r}>") from None
@@ -95,24 +89,24 @@ class ContinualPretrainTask(Task):
 
     @property
     def domain(self) -> str:
-        domain = _get(self.cfg, "domain", "biomed")
+        domain = config_value(self.cfg, "domain", "biomed")
         if domain not in DOMAINS:
             raise ValueError(f"task.domain={domain!r} is not one of {list(DOMAINS)}")
         return domain
 
     def prepare(self, tokenizer) -> TaskData:
         domain = self.domain
-        corpus = _get(_get(self.cfg, "corpora", {}), domain, {})
+        corpus = config_value(config_value(self.cfg, "corpora", {}), domain, {})
         docs = corpus_texts(corpus, domain)
         good = [d for d in docs if isinstance(d, str) and d.strip()]
         info: dict[str, Any] = {"n_docs": len(good), "n_skipped_empty_docs": len(docs) - len(good)}
         del docs
-        seq_len = int(_get(self.cfg, "seq_len", 2048))
+        seq_len = int(config_value(self.cfg, "seq_len", 2048))
         if tokenizer.eos_token_id is None:
             raise ValueError("continual_pretrain: the tokenizer has no eos_token_id to separate documents")
-        block = _get(self.cfg, "pack_block_docs")
+        block = config_value(self.cfg, "pack_block_docs")
         chunks = packed_chunks(good, tokenizer, seq_len, block)
-        n_eval = int(_get(self.cfg, "n_eval_chunks", 0))
+        n_eval = int(config_value(self.cfg, "n_eval_chunks", 0))
         if len(chunks) <= n_eval:
             raise TaskDataError(f"{domain} corpus: {len(good)} documents give {len(chunks)} chunks of {seq_len} "
                                 f"tokens, not enough for training plus n_eval_chunks={n_eval}")
@@ -125,6 +119,6 @@ class ContinualPretrainTask(Task):
         from tasks.evaluation.adaptllm import evaluate_suite
         from tasks.evaluation.eval_model import evaluation_model
 
-        eval_cfg = _get(self.cfg, "eval", {})
-        with evaluation_model(model, _get(eval_cfg, "merge", "copy")) as eval_model:
+        eval_cfg = config_value(self.cfg, "eval", {})
+        with evaluation_model(model, config_value(eval_cfg, "merge", "copy")) as eval_model:
             return evaluate_suite(eval_model, tokenizer, self.domain, eval_cfg, output_dir)

@@ -98,10 +98,10 @@ def require_hub_dataset(hf_name: str, config: str | None, split: str, what: str,
 
 
 def config_value(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    """``cfg[key]``, or ``default`` when the mapping is missing or the value is absent or null."""
+    """``cfg[key]`` (or attribute ``key``), or ``default`` when cfg is None or the value is absent or null."""
     if cfg is None:
         return default
-    value = cfg.get(key, default)
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
 
 

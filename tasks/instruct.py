@@ -21,15 +21,8 @@ from typing import Any, Mapping
 
 from tasks.base import Task, TaskData, TaskDataError
 from tasks.chat_format import tulu_segments, validate_messages
-from tasks.data_source import load_rows
+from tasks.data_source import config_value, load_rows
 from tasks.supervised import PaddingCollator, build_dataset, pad_token_id_of
-
-
-def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
 
 
 def _messages_of(row: Mapping) -> Any:
@@ -54,15 +47,15 @@ class InstructTask(Task):
 
     def prepare(self, tokenizer) -> TaskData:
         cfg = self.cfg
-        rows = load_rows(hf_name=_get(cfg, "dataset", "allenai/tulu-v2-sft-mixture"),
-                         config=_get(cfg, "dataset_config"), split=_get(cfg, "split", "train"),
-                         data_path=_get(cfg, "data_path"), what="Tülu v2 SFT mixture", key="task.data_path")
-        limit = _get(cfg, "max_train_samples")
+        rows = load_rows(hf_name=config_value(cfg, "dataset", "allenai/tulu-v2-sft-mixture"),
+                         config=config_value(cfg, "dataset_config"), split=config_value(cfg, "split", "train"),
+                         data_path=config_value(cfg, "data_path"), what="Tülu v2 SFT mixture", key="task.data_path")
+        limit = config_value(cfg, "max_train_samples")
         if limit is not None:   # a seeded random subset (the hub files are ordered by source)
-            seed = int(_get(cfg, "subsample_seed", 0))
+            seed = int(config_value(cfg, "subsample_seed", 0))
             rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
-        train, info = build_dataset(rows, tulu_row_segments, tokenizer, max_length=int(_get(cfg, "max_length", 2048)),
-                                    overlong=_get(cfg, "overlong", "truncate"), desc="Tülu v2")
+        train, info = build_dataset(rows, tulu_row_segments, tokenizer, max_length=int(config_value(cfg, "max_length", 2048)),
+                                    overlong=config_value(cfg, "overlong", "truncate"), desc="Tülu v2")
         info["n_rows"] = len(rows)
         if len(train) == 0:
             raise TaskDataError(f"Tülu v2 SFT mixture: no usable conversation among {len(rows)} rows ({info})")
@@ -71,4 +64,4 @@ class InstructTask(Task):
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
         from tasks.evaluation.mmlu_eval import evaluate_mmlu
 
-        return evaluate_mmlu(model, tokenizer, _get(self.cfg, "eval", {}), output_dir)
+        return evaluate_mmlu(model, tokenizer, config_value(self.cfg, "eval", {}), output_dir)

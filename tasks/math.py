@@ -21,16 +21,8 @@ from typing import Any, Mapping
 
 from tasks.alpaca_prompt import RESPONSE_SEPARATOR, alpaca_prompt
 from tasks.base import Task, TaskData, TaskDataError
-from tasks.data_source import load_rows
+from tasks.data_source import config_value, load_rows
 from tasks.supervised import EOS, PaddingCollator, build_dataset, pad_token_id_of
-
-
-
-def _get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def metamath_segments(row: Mapping[str, Any]) -> list | str:
@@ -48,15 +40,15 @@ class MathTask(Task):
 
     def prepare(self, tokenizer) -> TaskData:
         cfg = self.cfg
-        rows = load_rows(hf_name=_get(cfg, "dataset", "meta-math/MetaMathQA"), config=_get(cfg, "dataset_config"),
-                         split=_get(cfg, "split", "train"), data_path=_get(cfg, "data_path"),
+        rows = load_rows(hf_name=config_value(cfg, "dataset", "meta-math/MetaMathQA"), config=config_value(cfg, "dataset_config"),
+                         split=config_value(cfg, "split", "train"), data_path=config_value(cfg, "data_path"),
                          what="MetaMathQA training data", key="task.data_path")
-        limit = _get(cfg, "max_train_samples")
+        limit = config_value(cfg, "max_train_samples")
         if limit is not None:   # a seeded random subset (the hub files are ordered by source)
-            seed = int(_get(cfg, "subsample_seed", 0))
+            seed = int(config_value(cfg, "subsample_seed", 0))
             rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
-        train, info = build_dataset(rows, metamath_segments, tokenizer, max_length=int(_get(cfg, "max_length", 512)),
-                                    overlong=_get(cfg, "overlong", "truncate"), desc="MetaMathQA")
+        train, info = build_dataset(rows, metamath_segments, tokenizer, max_length=int(config_value(cfg, "max_length", 512)),
+                                    overlong=config_value(cfg, "overlong", "truncate"), desc="MetaMathQA")
         info = {"n_skipped_missing_field": 0, "n_skipped_empty": 0, **info, "n_rows": len(rows)}
         if len(train) == 0:
             raise TaskDataError(f"MetaMathQA training data: no usable example among {len(rows)} rows ({info})")
@@ -65,6 +57,6 @@ class MathTask(Task):
     def evaluate(self, model, tokenizer, output_dir: Path | None = None) -> dict[str, float]:
         from tasks.evaluation.math_eval import evaluate_math_suites
 
-        return evaluate_math_suites(model, tokenizer, _get(self.cfg, "eval", {}), output_dir)
+        return evaluate_math_suites(model, tokenizer, config_value(self.cfg, "eval", {}), output_dir)
 
 
