@@ -176,6 +176,8 @@ def _worker(out_dir: str) -> None:
     res["zero_stage"] = trainer.model_wrapped.zero_optimization_stage()
     res["world_size"] = dist.get_world_size()
     Path(out_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(res))
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort ("terminate called …")
 
 
 if __name__ == "__main__":
