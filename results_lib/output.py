@@ -1,35 +1,19 @@
 """Writing build outputs atomically and reproducibly (same content → same bytes, untouched file when unchanged)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from runner.record import write_bytes_atomic as atomic_write
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> bool:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; skip when the file already holds
+    """Write ``data`` to ``path`` atomically (runner.record.write_bytes_atomic); skip when the file already holds
     exactly these bytes. Returns True when the file was (re)written."""
     path = Path(path)
     if path.exists() and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text_atomic(path: Path | str, text: str) -> bool:

@@ -152,24 +152,31 @@ def build_record(*, run_id: str, task: str, adapter: str, r: int | None, mora_ty
     return record
 
 
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``: readers
-    see either the old file or the complete new one, never a partial one."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``: readers see
+    either the old file or the complete new one, never a partial one. The file gets the usual (umask) permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as JSON (indent 1, no NaN) to ``path`` atomically (``write_bytes_atomic``)."""
+    return write_bytes_atomic(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def write_record(record: Mapping[str, Any], results_dir: str | Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -134,17 +133,8 @@ def generation_of(sample: dict) -> str:
 
 
 def write_samples(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write ``records`` as JSONL at ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``records`` as JSONL at ``path`` atomically (runner.record.write_bytes_atomic)."""
+    from runner.record import write_bytes_atomic
+
+    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+    return write_bytes_atomic(path, text.encode("utf-8"))
