@@ -111,3 +111,13 @@ def single_local_file(path: str, what: str, key: str) -> str:
     if len(files) != 1:
         raise TaskDataError(f"{what}: {key}={path} must be a single file, found {len(files)}")
     return files[0]
+
+
+def subsample_rows(rows, cfg: Mapping | None):
+    """``cfg.max_train_samples`` rows drawn at random with ``cfg.subsample_seed`` (the hub files are ordered by
+    source, so a prefix would be biased); all rows when unset."""
+    limit = config_value(cfg, "max_train_samples")
+    if limit is None:
+        return rows
+    seed = int(config_value(cfg, "subsample_seed", 0))
+    return rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from tasks.base import Task, TaskData, TaskDataError
 from tasks.chat_format import tulu_segments, validate_messages
-from tasks.data_source import config_value, load_rows
+from tasks.data_source import config_value, load_rows, subsample_rows
 from tasks.supervised import PaddingCollator, build_dataset, pad_token_id_of
 
 
@@ -50,10 +50,7 @@ class InstructTask(Task):
         rows = load_rows(hf_name=config_value(cfg, "dataset", "allenai/tulu-v2-sft-mixture"),
                          config=config_value(cfg, "dataset_config"), split=config_value(cfg, "split", "train"),
                          data_path=config_value(cfg, "data_path"), what="Tülu v2 SFT mixture", key="task.data_path")
-        limit = config_value(cfg, "max_train_samples")
-        if limit is not None:   # a seeded random subset (the hub files are ordered by source)
-            seed = int(config_value(cfg, "subsample_seed", 0))
-            rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
+        rows = subsample_rows(rows, cfg)
         train, info = build_dataset(rows, tulu_row_segments, tokenizer, max_length=int(config_value(cfg, "max_length", 2048)),
                                     overlong=config_value(cfg, "overlong", "truncate"), desc="Tülu v2")
         info["n_rows"] = len(rows)

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from tasks.alpaca_prompt import RESPONSE_SEPARATOR, alpaca_prompt
 from tasks.base import Task, TaskData, TaskDataError
-from tasks.data_source import config_value, load_rows
+from tasks.data_source import config_value, load_rows, subsample_rows
 from tasks.supervised import EOS, PaddingCollator, build_dataset, pad_token_id_of
 
 
@@ -43,10 +43,7 @@ class MathTask(Task):
         rows = load_rows(hf_name=config_value(cfg, "dataset", "meta-math/MetaMathQA"), config=config_value(cfg, "dataset_config"),
                          split=config_value(cfg, "split", "train"), data_path=config_value(cfg, "data_path"),
                          what="MetaMathQA training data", key="task.data_path")
-        limit = config_value(cfg, "max_train_samples")
-        if limit is not None:   # a seeded random subset (the hub files are ordered by source)
-            seed = int(config_value(cfg, "subsample_seed", 0))
-            rows = rows.shuffle(seed=seed).select(range(min(int(limit), len(rows))))
+        rows = subsample_rows(rows, cfg)
         train, info = build_dataset(rows, metamath_segments, tokenizer, max_length=int(config_value(cfg, "max_length", 512)),
                                     overlong=config_value(cfg, "overlong", "truncate"), desc="MetaMathQA")
         info = {"n_skipped_missing_field": 0, "n_skipped_empty": 0, **info, "n_rows": len(rows)}
