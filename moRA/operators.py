@@ -457,25 +457,110 @@ def _compression_pairs(k: int, r: int, mora_type: str, device) -> tuple[torch.Te
     return f, f
 
 
-def _m_times_compression(M: torch.Tensor, k: int, mora_type: str) -> torch.Tensor:
-    """``M · C: (r, k)`` for a sharing-family compression C, column m = Σ of the columns of M that feature m feeds.
-    Every feature feeds one slot (plus, for the strided types, the < r wrapped positions), so this is one gather of
-    M's columns — a single pass over the r × k result."""
+# A merge adds ΔW = D·M·C to W without materialising ΔW or M·C. Along each axis of W, the operators split the
+# indices into a few *segments*, each a view of W's rows (or columns) in which the M index is explicit:
+#   ("tile", p)        p·n consecutive indices viewed as (p, n): index t·n + j ← M index lo + j   (tile)
+#   ("groups", size)   n·size consecutive indices viewed as (n, size): index j·size + i ← M index lo + j
+#   ("plain", 1)       n consecutive indices: index j ← M index lo + j
+# A segment is ``(start, stop, kind, size, lo, hi)``; a pair (row segment, column segment) is then one broadcast
+# add ``W[rows, cols] (as (pre, n_r, post, pre, n_c, post)) += M[lo_r:hi_r, lo_c:hi_c]`` that touches each entry of W
+# once. Contiguous groups over the columns would put a broadcast of size q+1 innermost (slow); there M's columns are
+# gathered instead (``M[:, slot(i)]``), in row panels of a few MB so that the gathered panel stays in cache.
+_Segment = tuple[int, int, str, int, int, int]
+_MERGE_PANEL_BYTES = 4 << 20
+
+
+def _segments(length: int, r: int, kind: str) -> list[_Segment]:
+    """The segments of one axis of W (length ``d`` for rows, ``k`` for columns) for an operator kind of
+    ``_DECOMPRESSION`` (tile | interleave | truncate)."""
+    if kind == "tile":
+        p, s = divmod(length, r)
+        return ([(0, p * r, "tile", p, 0, r)] if p else []) + ([(p * r, length, "plain", 1, 0, s)] if s else [])
+    if kind == "interleave":
+        p, s, split = _contiguous_sizes(length, r)
+        return ([(0, split, "groups", p + 1, 0, s)] if s else []) + ([(split, length, "groups", p, s, r)] if p else [])
+    n = min(length, r)
+    return [(0, n, "plain", 1, 0, n)]
+
+
+def _strided_column_source(M: torch.Tensor, k: int) -> tuple[torch.Tensor, list[_Segment]]:
+    """Strided compression (r ≤ k) as column segments over ``Mc``: the padded positions k ≤ i < n·r read feature
+    i − k, so the first r columns get ``M[:, j] + M[:, j + k mod r]`` for j < r − k mod r. Folding that into a
+    corrected first tile (``Mc[:, :r]``; the plain M follows in ``Mc[:, r:]``) keeps every entry of W touched once
+    (one rounding in low precision)."""
     r = M.shape[-1]
+    q, rem = divmod(k, r)
+    if not rem:
+        return M, _segments(k, r, "tile")
+    first = torch.cat([M[:, :r - rem] + M[:, rem:], M[:, r - rem:]], dim=1)
+    segments: list[_Segment] = [(0, r, "plain", 1, 0, r)]
+    if q > 1:
+        segments.append((r, q * r, "tile", q - 1, r, 2 * r))
+    segments.append((q * r, k, "plain", 1, r, r + rem))
+    return torch.cat([first, M], dim=1), segments
+
+
+def _axis_view(t: torch.Tensor, dim: int, seg: _Segment, a: int, b: int):
+    """The part of ``t`` along ``dim`` that segment ``seg`` maps to M indices ``[a, b)``, with ``dim`` replaced by
+    three: (pre, n, post), pre/post being the broadcast sizes. Returns ``(view, a', b')`` (the clipped M range), or
+    ``None`` when the segment holds none of ``[a, b)``."""
+    start, stop, kind, size, lo, hi = seg
+    a2, b2 = max(a, lo), min(b, hi)
+    if a2 >= b2:
+        return None
+    part = t.narrow(dim, start, stop - start)
+    if kind == "tile":  # (p, n): t·n + j
+        part = part.unflatten(dim, (size, hi - lo)).narrow(dim + 1, a2 - lo, b2 - a2).unsqueeze(dim + 2)
+    elif kind == "groups":  # (n, size): j·size + i
+        part = part.unflatten(dim, (hi - lo, size)).narrow(dim, a2 - lo, b2 - a2).unsqueeze(dim)
+    else:
+        part = part.narrow(dim, a2 - lo, b2 - a2).unsqueeze(dim + 1).unsqueeze(dim)
+    return part, a2, b2
+
+
+def _add_sharing_family_(W: torch.Tensor, M: torch.Tensor, mora_type: str, alpha: float) -> None:
+    """``W (d, k) += alpha · ΔW`` for the sharing family and truncation: one broadcast add per pair of segments
+    (strided / truncated columns), or per row segment and panel of gathered columns (contiguous columns, and the
+    strided compression when r > k, where x wraps around more than once)."""
+    d, k = W.shape
+    r = M.shape[-1]
+    rows = _segments(d, r, _DECOMPRESSION[mora_type])
     kind = _COMPRESSION[mora_type]
-    if kind == "truncate":
-        mc = M.new_zeros(r, k)
-        n = min(r, k)
-        mc[:, :n] = M[:, :n]
-        return mc
-    if kind == "strided" and r > k:  # x wraps around more than once: sum over all (feature, slot) pairs
-        feat, slot = _compression_pairs(k, r, mora_type, M.device)
-        return M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T.contiguous()
+    if kind == "truncate" or (kind == "strided" and r <= k):
+        source, columns = (M, _segments(k, r, "truncate")) if kind == "truncate" else _strided_column_source(M, k)
+        for cseg in columns:
+            col = _axis_view(W, 1, cseg, 0, source.shape[-1])
+            if col is None:
+                continue
+            wc, c0, c1 = col
+            for rseg in rows:
+                row = _axis_view(wc, 0, rseg, 0, r)
+                if row is not None:
+                    view, r0, r1 = row
+                    view.add_(source[r0:r1, c0:c1].reshape(1, r1 - r0, 1, 1, c1 - c0, 1), alpha=alpha)
+        return
     feat, slot = _compression_pairs(k, r, mora_type, M.device)
-    mc = M.index_select(1, slot[:k])  # feature m < k at position m: slot m mod r (strided) or its group
-    if len(slot) > k:  # strided, wrapped positions k ≤ i < n·r read feature i − k
-        mc[:, feat[k:]] += M[:, slot[k:]]
-    return mc
+    if kind == "strided":  # r > k: the r × k matrix M·C is small (k < r); sum over all (feature, slot) pairs
+        mc = M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T
+        gather = lambda a, b, out: mc[a:b]  # noqa: E731
+    else:
+        reuse = not (torch.is_grad_enabled() and M.requires_grad)  # out= buffers do not take part in autograd
+        buffer = M.new_empty(min(r, max(1, _MERGE_PANEL_BYTES // (M.element_size() * k))), k) if reuse else None
+
+        def gather(a, b, out):
+            if out is None:
+                return M[a:b].index_select(1, slot)
+            return torch.index_select(M[a:b], 1, slot, out=out[: b - a])
+    panel = r if kind == "strided" else (buffer.shape[0] if buffer is not None else
+                                         max(1, _MERGE_PANEL_BYTES // (M.element_size() * k)))
+    for a in range(0, r, panel):  # cache blocking over M's rows (a handful of panels), not a loop over features
+        b = min(r, a + panel)
+        mc_panel = gather(a, b, buffer if kind != "strided" else None)
+        for rseg in rows:
+            row = _axis_view(W, 0, rseg, a, b)
+            if row is not None:
+                view, r0, r1 = row
+                view.add_(mc_panel[r0 - a:r1 - a].reshape(1, r1 - r0, 1, k), alpha=alpha)
 
 
 def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: torch.Tensor | None = None,
@@ -488,49 +573,74 @@ def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: 
     d, k = W.shape
     r = M.shape[-1]
     if mora_type in BLOCK_TYPES:
-        n_out = num_output_blocks(d, k, r)
-        blocks = block_matrices(M, mora_type, n_out, tables)
         width = num_blocks(k, r) * r
+        cache: dict[int, torch.Tensor] = {}
         for row0 in range(0, d, width):  # one pass unless d > n·r, where the n·r outputs repeat (⌈d / n·r⌉ tiles)
-            _add_block_diagonal_(W[row0 : row0 + width], blocks, k, alpha)
+            _add_block_diagonal_(W[row0 : row0 + width], M, mora_type, tables, k, alpha, cache)
         return W
-    mc = _m_times_compression(M, k, mora_type)
-    kind = _DECOMPRESSION[mora_type]
-    if kind == "tile":
-        p, s = divmod(d, r)
-        if p:
-            W[: p * r].unflatten(0, (p, r)).add_(mc, alpha=alpha)
-        if s:
-            W[p * r :].add_(mc[:s], alpha=alpha)
-    elif kind == "interleave":
-        p, s, split = _contiguous_sizes(d, r)
-        if s:
-            W[:split].unflatten(0, (s, p + 1)).add_(mc[:s, None, :], alpha=alpha)
-        if p:
-            W[split:].unflatten(0, (r - s, p)).add_(mc[s:, None, :], alpha=alpha)
-    else:
-        n = min(d, r)
-        W[:n].add_(mc[:n], alpha=alpha)
+    _add_sharing_family_(W, M, mora_type, alpha)
     return W
 
 
-def _add_block_diagonal_(W: torch.Tensor, blocks: torch.Tensor, k: int, alpha: float) -> None:
-    """``W (rows ≤ n·r, k)``: output rows ``b·r + a`` receive ``blocks[b, a, t]`` at column ``(b·r + t) mod k``."""
-    rows, r = W.shape[0], blocks.shape[-1]
+def _block_range(M: torch.Tensor, mora_type: str, b0: int, b1: int, tables: torch.Tensor | None) -> torch.Tensor:
+    """The maps of blocks ``b0 ≤ b < b1`` of a block type: ``(b1 − b0, r, r)``."""
+    if mora_type == "rope":
+        if tables is None or tables.shape[1] < b1:
+            tables = rope_tables(b1, M.shape[-1], M.device, M.dtype)
+        return rotate_matrix_blocks(M, tables[:, b0:b1].to(M.dtype))
+    return M.unsqueeze(0).expand(b1 - b0, -1, -1)
+
+
+def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: torch.Tensor | None, k: int,
+                         alpha: float, cache: dict[int, torch.Tensor]) -> None:
+    """``W (rows ≤ n·r, k)``: output rows ``b·r + a`` receive ``(M R_b)[a, t]`` (decouple: ``M[a, t]``) at column
+    ``(b·r + t) mod k``. The whole blocks on the diagonal are one strided view of W; when W has M's dtype the
+    rotated blocks are never formed (four broadcast ``addcmul_`` on the view: the columns of ``M R_b`` are
+    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]``), else they are formed in M's precision and added once (one rounding)."""
+    rows, r = W.shape[0], M.shape[-1]
     n_row_blocks = -(-rows // r)
     aligned = min(n_row_blocks, k // r, rows // r)  # whole blocks on the diagonal, no wrap, no cut
     if aligned:
         s0, s1 = W.stride()
-        W.as_strided((aligned, r, r), (r * s0 + r * s1, s0, s1)).add_(blocks[:aligned], alpha=alpha)
+        diag = W.as_strided((aligned, r, r), (r * s0 + r * s1, s0, s1))
+        if W.dtype != M.dtype:
+            diag.add_(_block_range(M, mora_type, 0, aligned, tables), alpha=alpha)
+        elif mora_type == "rope":
+            if tables is None or tables.shape[1] < aligned:
+                tables = rope_tables(aligned, r, M.device, M.dtype)
+            half = r // 2
+            cos, sin = (t[:aligned].unsqueeze(1).to(M.dtype) for t in tables)  # (aligned, 1, r/2)
+            m1, m2 = M[:, :half], M[:, half:]
+            # (each half is sliced only when it is updated: autograd's view tracking needs the fresh view)
+            diag[..., :half].addcmul_(m1, cos, value=alpha).addcmul_(m2, sin, value=alpha)
+            diag[..., half:].addcmul_(m2, cos, value=alpha).addcmul_(m1, sin, value=-alpha)
+        else:
+            diag.add_(M, alpha=alpha)
     # At most two blocks remain: one cut by d and/or the one whose columns wrap around to x's first features.
     for b in range(aligned, n_row_blocks):
         height = min(r, rows - b * r)
-        cols = (b * r + torch.arange(r, device=W.device)) % k
+        if b not in cache:  # the same block recurs in every tile of the output when d > n·r
+            cache[b] = _block_range(M, mora_type, b, b + 1, tables)[0]
+        block = cache[b][:height]
         band = W[b * r : b * r + height]
-        if band.dtype == blocks.dtype:
-            band.index_add_(1, cols, blocks[b, :height], alpha=alpha)
-        else:  # sum in the adapter's precision, round once
-            band.copy_(band.to(blocks.dtype).index_add_(1, cols, blocks[b, :height], alpha=alpha))
+        if band.dtype != block.dtype:  # sum in the adapter's precision, round once
+            acc = band.to(block.dtype)
+            _add_wrapped_columns_(acc, block, b * r, k, alpha)
+            band.copy_(acc)
+        else:
+            _add_wrapped_columns_(band, block, b * r, k, alpha)
+
+
+def _add_wrapped_columns_(band: torch.Tensor, block: torch.Tensor, first: int, k: int, alpha: float) -> None:
+    """``band[:, (first + t) mod k] += alpha · block[:, t]``: two slices when the block wraps once, else index_add."""
+    width = block.shape[-1]
+    if first < k and first + width <= 2 * k:
+        inside = min(width, k - first)
+        band[:, first : first + inside].add_(block[:, :inside], alpha=alpha)
+        if width > inside:
+            band[:, : width - inside].add_(block[:, inside:], alpha=alpha)
+    else:  # r > k: the single block wraps around x more than once
+        band.index_add_(1, (first + torch.arange(width, device=band.device)) % k, block, alpha=alpha)
 
 
 def delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None = None) -> torch.Tensor:

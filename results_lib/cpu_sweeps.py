@@ -7,8 +7,8 @@ An experiment file ``configs/experiment/cpu/<name>.yaml`` holds a Hydra multirun
     python -m results_lib.cpu_sweeps missing cpu/uuid_lora            # number of phase-1 runs without a record
     python -m results_lib.cpu_sweeps best cpu/uuid_lora --seeds 1,2   # "r=8 lr=0.003 seed=1,2": methods lacking seeds
 
-A record belongs to a grid point when its ``experiment`` is the file's name and its seed, r, lr and MoRA type equal
-the point's. The best lr is chosen on the sweep seed's runs only (so it does not move once phase 2 adds seeds), by the
+A record belongs to a grid point when its ``experiment`` is the file's name and its seed, adapter, r, lr and MoRA type
+equal the point's (those the grid sets). The best lr is chosen on the sweep seed's runs only (so it does not move once phase 2 adds seeds), by the
 task's metric (UUID: final greedy char accuracy; pretraining: val ppl), ties broken by lower final train loss.
 """
 from __future__ import annotations
@@ -72,6 +72,8 @@ def _point_matches(record: RunRecord, experiment: str, point: dict[str, Any], se
         return False
     if base and any(key in base and getattr(record, key) != base[key] for key in ("model", "task")):
         return False  # e.g. the same experiment run on another model by an override
+    if "adapter" in point and record.adapter != str(point["adapter"]):
+        return False
     if "lr" in point and not math.isclose(record.lr, float(point["lr"]), rel_tol=1e-9):
         return False
     if "r" in point and record.adapter != "fft" and record.r != int(point["r"]):

@@ -158,3 +158,17 @@ def test_half_precision_merge_rounds_once(dtype, mora_type, d, k, r):
     got_t = W.T.clone()
     ops.add_delta_weight_(got_t.T, M, mora_type)
     assert torch.equal(got_t.T, want)
+
+
+@pytest.mark.parametrize("mora_type", ["sharing", "contiguous", "contiguous_tile", "sharing_interleave", "truncation"])
+@pytest.mark.parametrize("d,k,r", SHAPES)
+def test_in_place_merge_in_small_panels_matches_the_reference(monkeypatch, mora_type, d, k, r):
+    # a panel budget of two rows of M·C forces several panels and the reused gather buffer (no autograd)
+    monkeypatch.setattr(ops, "_MERGE_PANEL_BYTES", 2 * 8 * k)
+    gen = torch.Generator().manual_seed(3 * d + k + r)
+    M = torch.randn(r, r, generator=gen, dtype=torch.float64)
+    W = torch.randn(d, k, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        got = ops.add_delta_weight_(W.clone(), M, mora_type, alpha=-0.5)
+    want = W.numpy() - 0.5 * reference_delta_weight(M.numpy(), d, k, mora_type)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
