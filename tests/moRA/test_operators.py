@@ -172,3 +172,19 @@ def test_in_place_merge_in_small_panels_matches_the_reference(monkeypatch, mora_
         got = ops.add_delta_weight_(W.clone(), M, mora_type, alpha=-0.5)
     want = W.numpy() - 0.5 * reference_delta_weight(M.numpy(), d, k, mora_type)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("mora_type", ["sharing", "contiguous", "contiguous_tile", "sharing_interleave", "truncation"])
+@pytest.mark.parametrize("d,k,r", [(6, 4, 4), (4, 6, 4), (4, 4, 4), (7, 7, 3)])
+def test_adjoints_and_compression_leave_their_inputs_alone(mora_type, d, k, r):
+    # one chunk plus a partial one (p = 1): the fast paths return fresh tensors, never views that get added into
+    # (truncation's compression is a plain slice, a view by design: nothing adds into it)
+    gen = torch.Generator().manual_seed(d + k + r)
+    y, x = torch.randn(5, d, generator=gen), torch.randn(5, k, generator=gen)
+    y0, x0 = y.clone(), x.clone()
+    gu = ops.fold_decompressed(y, r, mora_type)
+    c = ops.compress(x, r, mora_type)
+    assert torch.equal(y, y0) and torch.equal(x, x0)
+    if mora_type != "truncation":
+        assert gu.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
+        assert c.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
