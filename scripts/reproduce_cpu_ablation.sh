@@ -19,31 +19,10 @@ RESULTS=${RESULTS:-results}   # records go to $RESULTS/runs; tables and figures 
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 
-experiment=cpu/ablation_mora_types
-missing=$("$PYTHON" -m results_lib.cpu_sweeps missing "$experiment" --results "$RESULTS")
-if [ "$missing" != "0" ]; then
-  echo "== ${experiment}: lr sweep (${missing} runs missing)"
-  "$PYTHON" train.py -m "experiment=${experiment}" "results_dir=$RESULTS/runs" "${extra[@]}"
-fi
-"$PYTHON" -m results_lib.cpu_sweeps best "$experiment" --results "$RESULTS" --seeds 1,2 | while read -r overrides; do
-  echo "== ${experiment}: seeds at the best lr: ${overrides}"
-  # shellcheck disable=SC2086
-  "$PYTHON" train.py -m "experiment=${experiment}" ${overrides} "results_dir=$RESULTS/runs" "${extra[@]}" </dev/null
-done
+# shellcheck source=scripts/cpu_sweep_phases.sh
+. scripts/cpu_sweep_phases.sh
 
+two_phase_sweep cpu/ablation_mora_types 1,2
 # The RoPE row: MoRA r = 8 (mora_type auto = rope) of the UUID part, run here only when absent.
-mora_missing=$("$PYTHON" -m results_lib.cpu_sweeps missing cpu/uuid_mora --results "$RESULTS" --where r=8)
-if [ "$mora_missing" != "0" ]; then
-  echo "== cpu/uuid_mora at r = 8 (the ablation's RoPE row)"
-  "$PYTHON" train.py -m experiment=cpu/uuid_mora r=8 "results_dir=$RESULTS/runs" "${extra[@]}"
-fi
-"$PYTHON" -m results_lib.cpu_sweeps best cpu/uuid_mora --results "$RESULTS" --seeds 1,2 --where r=8 | while read -r overrides; do
-  echo "== cpu/uuid_mora: seeds at the best lr: ${overrides}"
-  # shellcheck disable=SC2086
-  "$PYTHON" train.py -m experiment=cpu/uuid_mora ${overrides} "results_dir=$RESULTS/runs" "${extra[@]}" </dev/null
-done
-
-if [ "${SKIP_BUILD:-0}" != "1" ]; then
-  "$PYTHON" scripts/make_tables.py --results "$RESULTS"
-  "$PYTHON" scripts/make_figures.py --results "$RESULTS"
-fi
+two_phase_sweep cpu/uuid_mora 1,2 --where r=8
+build_results

@@ -8,7 +8,8 @@
 #
 #   [RESULTS=results] [PYTHON=python] scripts/reproduce_cpu_uuid.sh [fft lora mora dora hira miss] [-- extra Hydra overrides for every run]
 #
-# Resumable: an experiment's phase 1 is skipped when all its records exist, a method's phase 2 when its seeds exist.
+# Resumable: an experiment's phase 1 is skipped when all its records exist, a method's phase 2 when its seeds exist;
+# every run gets resume=auto (a run with a record is skipped, an interrupted one continues from its checkpoint).
 # Cost: 24 phase-1 + 16 phase-2 runs of ~3-4 min each on 2 cores (about 2-2.5 h for all methods); run subsets
 # (e.g. `scripts/reproduce_cpu_uuid.sh fft lora mora`) to stay within an hour per invocation.
 # SKIP_BUILD=1 skips rebuilding the tables and figures at the end.
@@ -26,24 +27,10 @@ while [ $# -gt 0 ]; do
 done
 [ ${#methods[@]} -eq 0 ] && methods=(fft lora mora dora hira miss)
 
-for method in "${methods[@]}"; do
-  experiment="cpu/uuid_${method}"
-  [ -f "configs/experiment/${experiment}.yaml" ] || { echo "error: no experiment file configs/experiment/${experiment}.yaml" >&2; exit 2; }
-  missing=$("$PYTHON" -m results_lib.cpu_sweeps missing "$experiment" --results "$RESULTS")
-  if [ "$missing" != "0" ]; then
-    echo "== ${experiment}: lr sweep (${missing} runs missing)"
-    "$PYTHON" train.py -m "experiment=${experiment}" "results_dir=$RESULTS/runs" "${extra[@]}"
-  else
-    echo "== ${experiment}: lr sweep complete"
-  fi
-  "$PYTHON" -m results_lib.cpu_sweeps best "$experiment" --results "$RESULTS" --seeds 1,2 | while read -r overrides; do
-    echo "== ${experiment}: seeds at the best lr: ${overrides}"
-    # shellcheck disable=SC2086  # the overrides are space-separated key=value words
-    "$PYTHON" train.py -m "experiment=${experiment}" ${overrides} "results_dir=$RESULTS/runs" "${extra[@]}" </dev/null
-  done
-done
+# shellcheck source=scripts/cpu_sweep_phases.sh
+. scripts/cpu_sweep_phases.sh
 
-if [ "${SKIP_BUILD:-0}" != "1" ]; then
-  "$PYTHON" scripts/make_tables.py --results "$RESULTS"
-  "$PYTHON" scripts/make_figures.py --results "$RESULTS"
-fi
+for method in "${methods[@]}"; do
+  two_phase_sweep "cpu/uuid_${method}" 1,2
+done
+build_results

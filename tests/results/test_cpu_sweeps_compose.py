@@ -105,3 +105,24 @@ def test_ablation_grid_matches_records_by_canonical_type():
     records = [_rec("s", 1e-3, 0, 0.5, mora_type="sharing", experiment="cpu/ablation_mora_types", adapter="mora")]
     missing = missing_points("cpu/ablation_mora_types", records)
     assert len(missing) == 17 and {"adapter.mora_type": "sharing", "lr": 1e-3, "seed": 0} not in missing
+
+
+def test_pretrain_sweep_grid_composes_for_every_adapter(composer):
+    cfg = composer(["experiment=cpu/pretrain"])
+    assert dict(cfg.hydra.sweeper.params) == {"adapter": "lora,mora,relora,remora", "lr": "1e-3,3e-3,1e-2"}
+    assert (cfg.model.name, cfg.task.name, cfg.sweep, cfg.r, cfg.seed) == ("tiny_scratch", "pretrain", "cpu_pretrain", 16, 42)
+    _, points = load_sweep("cpu/pretrain")
+    assert len(points) == 12
+    for point in points:
+        overrides = ["experiment=cpu/pretrain"] + [f"{k}={v}" for k, v in point.items()]
+        resolved = OmegaConf.to_container(composer(overrides, hydra=False), resolve=True)
+        adapter = resolved["adapter"]
+        assert adapter["name"] == point["adapter"] and resolved["lr"] == pytest.approx(float(point["lr"]))
+        assert adapter["modules_to_save"] == ["embed_tokens", "lm_head", "norm"]
+        # MoRA and ReMoRA use the sharing type (the paper's type at pretraining ranks); run ids stay distinct
+        if point["adapter"] in ("mora", "remora"):
+            assert adapter["mora_type"] == "sharing" and "-sharing-" in resolved["run_id"]
+        else:
+            assert "sharing" not in resolved["run_id"]
+        if point["adapter"] in ("relora", "remora"):
+            assert adapter["restart"]["merge_every"] == 100

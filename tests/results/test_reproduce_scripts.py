@@ -37,15 +37,22 @@ STUB = textwrap.dedent(f"""\
     for combo in itertools.product(*params.values()):
         point = dict(zip(keys, combo))
         lr, seed, r = float(point["lr"]), int(point["seed"]), int(point["r"])
-        adapter = base["adapter"]
-        mora_type = canonical_mora_type(point.get("adapter.mora_type", "auto"), r) if adapter == "mora" else None
+        adapter, task, model = point.get("adapter", base["adapter"]), base.get("task", "uuid"), base.get("model", "tiny")
+        mora_type = None
+        if adapter in ("mora", "remora"):
+            mora_type = canonical_mora_type(point.get("adapter.mora_type", "auto" if adapter == "mora" else "sharing"), r)
         acc = 0.9 - abs(math.log10(lr / 3e-3)) / 4 - 0.01 * seed
-        run_id = f"{{experiment.replace('/', '_')}}-{{r}}-{{mora_type}}-{{lr:g}}-{{seed}}"
-        record = {{"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "uuid",
-                  "adapter": adapter, "r": None if adapter == "fft" else r, "mora_type": mora_type, "model": "tiny",
+        run_id = f"{{experiment.replace('/', '_')}}-{{adapter}}-{{r}}-{{mora_type}}-{{lr:g}}-{{seed}}"
+        if task == "pretrain":  # lower is better; best at lr 3e-3
+            final = {{"val_ppl": 7.0 - acc, "val_loss": math.log(7.0 - acc), "train_loss": 1.0 - acc}}
+            history = [{{"step": 100, "val_ppl": 9.0, "train_loss": 2.0}}, {{"step": 300, **final}}]
+        else:
+            final = {{"char_acc": acc, "train_loss": 1.0 - acc}}
+            history = [{{"step": 100, "char_acc": acc / 2}}, {{"step": 200, "char_acc": acc}}]
+        record = {{"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": task,
+                  "adapter": adapter, "r": None if adapter == "fft" else r, "mora_type": mora_type, "model": model,
                   "seed": seed, "lr": lr, "experiment": experiment, "sweep": "stub",
-                  "final": {{"char_acc": acc, "train_loss": 1.0 - acc}},
-                  "history": [{{"step": 100, "char_acc": acc / 2}}, {{"step": 200, "char_acc": acc}}]}}
+                  "final": final, "history": history}}
         os.makedirs(results_dir, exist_ok=True)
         with open(os.path.join(results_dir, run_id + ".json"), "w") as f:
             json.dump(record, f)
@@ -71,9 +78,9 @@ def test_uuid_script_sweeps_then_seeds_best_lr_and_resumes(tmp_path):
     results = tmp_path / "results"
     calls = _run("reproduce_cpu_uuid.sh", ["lora"], tmp_path)
     runs = f"results_dir={results}/runs"
-    assert calls == [f"-m experiment=cpu/uuid_lora {runs}",
-                     f"-m experiment=cpu/uuid_lora r=8 lr=0.003 seed=1,2 {runs}",
-                     f"-m experiment=cpu/uuid_lora r=64 lr=0.003 seed=1,2 {runs}"]
+    assert calls == [f"-m experiment=cpu/uuid_lora resume=auto {runs}",
+                     f"-m experiment=cpu/uuid_lora r=8 lr=0.003 seed=1,2 resume=auto {runs}",
+                     f"-m experiment=cpu/uuid_lora r=64 lr=0.003 seed=1,2 resume=auto {runs}"]
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     assert len(records) == 6 + 4
     table = (results / "tables" / "uuid_memorization.md").read_text()
@@ -86,8 +93,22 @@ def test_uuid_script_sweeps_then_seeds_best_lr_and_resumes(tmp_path):
 def test_ablation_script_adds_the_rope_row_only_when_missing(tmp_path):
     calls = _run("reproduce_cpu_ablation.sh", [], tmp_path, SKIP_BUILD="1")
     runs = f"results_dir={tmp_path / 'results'}/runs"
-    assert calls[0] == f"-m experiment=cpu/ablation_mora_types {runs}"
+    assert calls[0] == f"-m experiment=cpu/ablation_mora_types resume=auto {runs}"
     assert len([c for c in calls if "adapter.mora_type=" in c and "seed=1,2" in c]) == 6
-    assert f"-m experiment=cpu/uuid_mora r=8 {runs}" in calls
-    assert calls[-1] == f"-m experiment=cpu/uuid_mora r=8 lr=0.003 seed=1,2 {runs}"
+    assert f"-m experiment=cpu/uuid_mora r=8 resume=auto {runs}" in calls
+    assert calls[-1] == f"-m experiment=cpu/uuid_mora r=8 lr=0.003 seed=1,2 resume=auto {runs}"
     assert _run("reproduce_cpu_ablation.sh", [], tmp_path, SKIP_BUILD="1") == []
+
+
+def test_pretrain_script_sweeps_every_adapter_then_seeds_each_at_its_best_lr(tmp_path):
+    results = tmp_path / "results"
+    calls = _run("reproduce_cpu_pretrain.sh", [], tmp_path)
+    runs = f"results_dir={results}/runs"
+    assert calls == [f"-m experiment=cpu/pretrain resume=auto {runs}"] + [
+        f"-m experiment=cpu/pretrain adapter={a} lr=0.003 seed=43,44 resume=auto {runs}"
+        for a in ("lora", "mora", "relora", "remora")]
+    records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert len(records) == 12 + 8
+    table = (results / "tables" / "pretrain_ppl.md").read_text()
+    assert "ReMoRA" in table and "(n=3)" in table
+    assert _run("reproduce_cpu_pretrain.sh", [], tmp_path, SKIP_BUILD="1") == []
