@@ -150,8 +150,9 @@ def compress_strided(x: torch.Tensor, r: int) -> torch.Tensor:
     if q == 0:  # r > k: the single chunk is x repeated around
         return x[..., _wrap_index(r, k, x.device)]
     c = _sum_chunks(x[..., : q * r].unflatten(-1, (q, r)))
-    if rem:
-        c = c + torch.cat([x[..., q * r :], x[..., : r - rem]], dim=-1)
+    if rem:  # the partial chunk x[q·r:], completed by x's first r − rem features (c is a fresh tensor)
+        c[..., :rem] += x[..., q * r :]
+        c[..., rem:] += x[..., : r - rem]
     return c
 
 
@@ -190,7 +191,7 @@ def _sum_groups(v: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v3, ones).view(*lead, v.shape[-2])
 
 
-_SHORT_SUM = 4
+_SHORT_SUM = 6
 _SHORT_GROUP = 16
 
 
@@ -285,19 +286,31 @@ def fold_decompressed(y: torch.Tensor, r: int, mora_type: str) -> torch.Tensor:
     return compress_truncate(y, r)
 
 
-def spread_compressed_(gx: torch.Tensor, gc: torch.Tensor, mora_type: str) -> torch.Tensor:
-    """Adjoint of ``compress``: ``gx (..., k) += f_compᵀ(gc)`` for ``gc: (..., r)``."""
+def expand_compressed(gc: torch.Tensor, k: int, mora_type: str) -> torch.Tensor:
+    """Adjoint of ``compress``: ``f_compᵀ(gc)``, a fresh ``(..., k)`` tensor for ``gc: (..., r)`` (the gradient of x
+    from the gradient of c), written directly (no zero fill and add)."""
     kind = _COMPRESSION[mora_type]
-    if kind == "contiguous":
-        return add_interleaved_(gx, gc)
+    r = gc.shape[-1]
+    gx = gc.new_empty(*gc.shape[:-1], k)
     if kind == "truncate":
-        return add_truncated_(gx, gc)
-    k, r = gx.shape[-1], gc.shape[-1]
-    add_tiled_(gx, gc)  # positions i < k of the padded x
-    width = num_blocks(k, r) * r
-    if width > k:  # the wrapped positions k ≤ i < n·r read x[i mod k]
-        i = torch.arange(k, width, device=gx.device)
-        gx.index_add_(-1, i % k, gc[..., i % r])
+        n = min(k, r)
+        gx[..., :n] = gc[..., :n]
+        gx[..., n:] = 0
+        return gx
+    if kind == "contiguous":  # repeat_interleave over the groups
+        q, m, split = _contiguous_sizes(k, r)
+        gx[..., :split].unflatten(-1, (m, q + 1)).copy_(gc[..., :m, None])
+        if q:
+            gx[..., split:].unflatten(-1, (r - m, q)).copy_(gc[..., m:, None])
+        return gx
+    q, rem = divmod(k, r)
+    if q == 0:  # r > k: position i of the single chunk reads x[i mod k], several times around
+        gx.zero_()
+        return gx.index_add_(-1, _wrap_index(r, k, gc.device), gc)
+    gx[..., : q * r].unflatten(-1, (q, r)).copy_(gc.unsqueeze(-2))  # positions i < k of the padded x
+    if rem:
+        gx[..., q * r :] = gc[..., :rem]
+        gx[..., : r - rem] += gc[..., rem:]  # the wrapped positions k ≤ i < n·r read x[i − k]
     return gx
 
 
@@ -322,8 +335,7 @@ class _SharingBranch(torch.autograd.Function):
         gu = fold_decompressed(g, M.shape[-1], ctx.mora_type)
         grad_x = grad_m = None
         if ctx.needs_input_grad[1]:
-            gx = c.new_zeros(c.shape[0], ctx.x_shape[-1])
-            grad_x = spread_compressed_(gx, torch.mm(gu, M), ctx.mora_type).view(ctx.x_shape)
+            grad_x = expand_compressed(torch.mm(gu, M), ctx.x_shape[-1], ctx.mora_type).view(ctx.x_shape)
         if ctx.needs_input_grad[2]:
             grad_m = torch.mm(gu.T, c)
         return grad_out, grad_x, grad_m, None
