@@ -335,7 +335,10 @@ class _SharingBranch(torch.autograd.Function):
         gu = fold_decompressed(g, M.shape[-1], ctx.mora_type)
         grad_x = grad_m = None
         if ctx.needs_input_grad[1]:
-            grad_x = expand_compressed(torch.mm(gu, M), ctx.x_shape[-1], ctx.mora_type).view(ctx.x_shape)
+            # (..., k), a tensor of its own, not a view: autograd can then add the base layer's gradient of x into it
+            # in place (a view costs one more pass over N × k)
+            gc = torch.mm(gu, M).view(*ctx.x_shape[:-1], M.shape[-1])
+            grad_x = expand_compressed(gc, ctx.x_shape[-1], ctx.mora_type)
         if ctx.needs_input_grad[2]:
             grad_m = torch.mm(gu.T, c)
         return grad_out, grad_x, grad_m, None
@@ -466,16 +469,15 @@ class _BlockBranch(torch.autograd.Function):
         grad_x = grad_m = None
         aligned = min(n_out, k // r)
         if ctx.needs_input_grad[1]:
-            gx = x2.new_empty(x2.shape)
+            grad_x = x.new_empty(x.shape)  # returned as is: not a view (see _SharingBranch.backward)
+            gx = grad_x.view(-1, k)
             for b in range(aligned):
                 h = min(r, g.shape[-1] - b * r)
                 torch.mm(g[:, b * r : b * r + h], blocks[b, :h], out=gx[:, b * r : (b + 1) * r])
             gx[:, aligned * r :].zero_()  # features no output block reads (and the wrap block's, added below)
-            for b in range(aligned, n_out):
+            for b in range(aligned, n_out):  # the block that wraps around x (at most one)
                 h = min(r, g.shape[-1] - b * r)
-                cols = (b * r + torch.arange(r, device=x.device)) % k
-                gx.index_add_(1, cols, g[:, b * r : b * r + h] @ blocks[b, :h])
-            grad_x = gx.view(x.shape)
+                _add_wrapped_columns_(gx, g[:, b * r : b * r + h] @ blocks[b, :h], b * r, k, 1.0)
         if ctx.needs_input_grad[2]:
             grad_blocks = M.new_empty(n_out, r, r)
             for b in range(n_out):
