@@ -391,6 +391,8 @@ def _input_block(x: torch.Tensor, b: int, r: int) -> torch.Tensor:
     k = x.shape[-1]
     if (b + 1) * r <= k:
         return x[:, b * r : (b + 1) * r]
+    if b * r < k and (b + 1) * r <= 2 * k:  # wraps once: the tail of x, then its first features
+        return torch.cat([x[:, b * r :], x[:, : (b + 1) * r - k]], dim=1)
     return x[:, (b * r + torch.arange(r, device=x.device)) % k]
 
 

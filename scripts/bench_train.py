@@ -1,6 +1,6 @@
 """Training-step throughput and peak memory of LoRA vs MoRA (types sharing = 1 and rope = 6) at equal r.
 
-    python scripts/bench_train.py                      # model=tiny (r=8) and model=llama_250m (r=128, byte tokenizer)
+    python scripts/bench_train.py                      # model=tiny (r=8) and model=llama_250m (r=8 and 128, byte ids)
     python scripts/bench_train.py --models tiny --steps 10 --repeats 3
 
 Each measurement runs in a fresh process (so that the peak resident memory belongs to that configuration alone):
@@ -28,7 +28,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 METHODS = [("lora", None), ("mora", "sharing"), ("mora", "rope")]
-DEFAULT_RANK = {"tiny": 8, "llama_250m": 128}
+DEFAULT_RANKS = {"tiny": [8], "llama_250m": [8, 128]}  # r = 8: the paper's RoPE regime; r = 128: its pretraining rank
 DEFAULT_SHAPE = {"tiny": (32, 64), "llama_250m": (4, 64)}  # (batch, sequence length)
 
 
@@ -110,8 +110,8 @@ def label(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     lines = ["| model | r | method | trainable | tokens/s | × LoRA | peak MB | × LoRA | growth MB | × LoRA |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        group = [r for r in rows if r["model"] == model]
+    for model, rank in dict.fromkeys((r["model"], r["r"]) for r in rows):
+        group = [r for r in rows if r["model"] == model and r["r"] == rank]
         lora = next(r for r in group if r["method"] == "lora")
         for r in group:
             lines.append(
@@ -124,7 +124,8 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "llama_250m"])
-    parser.add_argument("--r", type=int, default=None, help="rank for every model (default: tiny 8, llama_250m 128)")
+    parser.add_argument("--r", type=int, nargs="+", default=None,
+                        help="ranks for every model (default: tiny 8, llama_250m 8 and 128)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: tiny 20, others 3)")
@@ -140,9 +141,9 @@ def main(argv=None) -> None:
 
     start = time.time()
     rows = []
-    for model in args.models:
+    for model, rank in [(m, r) for m in args.models for r in (args.r or DEFAULT_RANKS.get(m, [8]))]:
         batch, seq = DEFAULT_SHAPE.get(model, (4, 64))
-        specs = [{"model": model, "method": m, "mora_type": t, "r": args.r or DEFAULT_RANK.get(model, 8),
+        specs = [{"model": model, "method": m, "mora_type": t, "r": rank,
                   "batch": args.batch or batch, "seq": args.seq or seq, "warmup": args.warmup,
                   "steps": args.steps or (20 if model == "tiny" else 3), "threads": args.threads} for m, t in METHODS]
         repeats = args.repeats or (3 if model == "tiny" else 1)

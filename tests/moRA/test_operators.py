@@ -188,3 +188,12 @@ def test_adjoints_and_compression_leave_their_inputs_alone(mora_type, d, k, r):
     if mora_type != "truncation":
         assert gu.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
         assert c.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("mora_type", MORA_TYPES)
+def test_gradient_of_x_is_a_tensor_of_its_own(mora_type):
+    # autograd can add the base layer's gradient into it in place only if it is not a view
+    M = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(2, 3, 10, requires_grad=True)
+    (gx,) = torch.autograd.grad(mora_branch(x, M, 14, mora_type).sum(), x)
+    assert gx.shape == x.shape and not gx._is_view() and gx.is_contiguous()
