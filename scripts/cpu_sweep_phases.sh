@@ -6,7 +6,24 @@
 #              with <seeds>, one multirun per method still lacking one of them. Every run gets resume=auto: a point
 #              with a record is skipped, an interrupted one continues from its last complete checkpoint.
 #   build_results: rebuild results/tables and results/figures (unless SKIP_BUILD=1).
-# Expects PYTHON, RESULTS and the array `extra` (Hydra overrides for every run) to be set by the caller.
+#   split_args "$@": the words before "--" into the array `positional`, those after it into `extra` (Hydra
+#     overrides for every run).
+# Sourcing it sets the offline environment and the defaults PYTHON=python, RESULTS=results (records go to
+# $RESULTS/runs; tables and figures to $RESULTS/tables, $RESULTS/figures).
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+PYTHON=${PYTHON:-python}
+RESULTS=${RESULTS:-results}
+positional=()
+extra=()
+
+split_args() {
+  positional=()
+  extra=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; extra=("$@"); return; fi
+    positional+=("$1"); shift
+  done
+}
 
 two_phase_sweep() {
   local experiment=$1 seeds=$2

@@ -13,14 +13,9 @@
 # SKIP_BUILD=1 skips rebuilding the tables and figures at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
-PYTHON=${PYTHON:-python}
-RESULTS=${RESULTS:-results}   # records go to $RESULTS/runs; tables and figures to $RESULTS/tables, $RESULTS/figures
-extra=()
-if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
-
 # shellcheck source=scripts/cpu_sweep_phases.sh
 . scripts/cpu_sweep_phases.sh
+split_args "$@"
 
 two_phase_sweep cpu/ablation_mora_types 1,2
 # The RoPE row: MoRA r = 8 (mora_type auto = rope) of the UUID part, run here only when absent.

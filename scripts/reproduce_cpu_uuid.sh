@@ -15,20 +15,11 @@
 # SKIP_BUILD=1 skips rebuilding the tables and figures at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
-PYTHON=${PYTHON:-python}
-RESULTS=${RESULTS:-results}   # records go to $RESULTS/runs; tables and figures to $RESULTS/tables, $RESULTS/figures
-
-methods=()
-extra=()
-while [ $# -gt 0 ]; do
-  if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
-  methods+=("$1"); shift
-done
-[ ${#methods[@]} -eq 0 ] && methods=(fft lora mora dora hira miss)
-
 # shellcheck source=scripts/cpu_sweep_phases.sh
 . scripts/cpu_sweep_phases.sh
+split_args "$@"
+methods=("${positional[@]}")
+[ ${#methods[@]} -eq 0 ] && methods=(fft lora mora dora hira miss)
 
 for method in "${methods[@]}"; do
   two_phase_sweep "cpu/uuid_${method}" 1,2
