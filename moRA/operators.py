@@ -420,6 +420,21 @@ def _rotated_blocks_adjoint(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: t
     return grad
 
 
+_BATCHED_BLOCK_GEMM = True
+
+
+def _full_blocks(n_out: int, k: int, width: int, r: int) -> int:
+    """How many leading blocks are whole on both sides (not cut by the output width, not wrapping around x): they
+    go through one batched GEMM; the others (at most two) one GEMM each. 0 when batching is off or pointless."""
+    full = min(n_out, k // r, width // r)
+    return full if _BATCHED_BLOCK_GEMM and full > 1 else 0
+
+
+def _block_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
+    """The first ``n`` r-column blocks of ``t (N, ·)`` as a batch ``(n, N, r)``: a strided view (no copy)."""
+    return t[:, : n * r].unflatten(1, (n, r)).transpose(0, 1)
+
+
 class _BlockBranch(torch.autograd.Function):
     """``out (…, d) += f_decomp(blockwise(x))`` for the block types, in place, one GEMM per output block.
 
@@ -440,7 +455,11 @@ class _BlockBranch(torch.autograd.Function):
         out2, x2 = out.view(-1, d), x.reshape(-1, k)
         tiled = d > width
         target = out2.new_empty(out2.shape[0], width) if tiled else out2
-        for b in range(n_out):
+        full = _full_blocks(n_out, k, target.shape[-1], r)
+        if full:  # the whole, unwrapped blocks as one batched GEMM over strided views of x and of the output
+            _block_view(target, full, r).baddbmm_(_block_view(x2, full, r), blocks[:full].transpose(1, 2),
+                                                  beta=0.0 if tiled else 1.0)
+        for b in range(full, n_out):
             h = min(r, target.shape[-1] - b * r)  # the last block may be cut by d
             w_t = blocks[b, :h].T
             dst = target[:, b * r : b * r + h]
@@ -464,16 +483,17 @@ class _BlockBranch(torch.autograd.Function):
         width = num_blocks(k, r) * r
         g = grad_out.reshape(-1, d)
         if d > width:  # fold the tiles of the output back onto the n·r block outputs
-            g = g[:, :width].clone()
-            for start in range(width, d, width):
-                g[:, : min(width, d - start)] += grad_out.reshape(-1, d)[:, start : start + width]
+            g = fold_tiled(g, width)
         x2 = x.reshape(-1, k)
         grad_x = grad_m = None
         aligned = min(n_out, k // r)
         if ctx.needs_input_grad[1]:
             grad_x = x.new_empty(x.shape)  # returned as is: not a view (see _SharingBranch.backward)
             gx = grad_x.view(-1, k)
-            for b in range(aligned):
+            full = _full_blocks(n_out, k, g.shape[-1], r)
+            if full:
+                _block_view(gx, full, r).baddbmm_(_block_view(g, full, r), blocks[:full], beta=0.0)
+            for b in range(full, aligned):
                 h = min(r, g.shape[-1] - b * r)
                 torch.mm(g[:, b * r : b * r + h], blocks[b, :h], out=gx[:, b * r : (b + 1) * r])
             gx[:, aligned * r :].zero_()  # features no output block reads (and the wrap block's, added below)
@@ -482,7 +502,10 @@ class _BlockBranch(torch.autograd.Function):
                 _add_wrapped_columns_(gx, g[:, b * r : b * r + h] @ blocks[b, :h], b * r, k, 1.0)
         if ctx.needs_input_grad[2]:
             grad_blocks = M.new_empty(n_out, r, r)
-            for b in range(n_out):
+            full = _full_blocks(n_out, k, g.shape[-1], r)
+            if full:
+                torch.bmm(_block_view(g, full, r).transpose(1, 2), _block_view(x2, full, r), out=grad_blocks[:full])
+            for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
                 torch.mm(g[:, b * r : b * r + h].T, _input_block(x2, b, r), out=grad_blocks[b, :h])
                 if h < r:  # rows of a block cut by d receive no gradient
