@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,15 +69,20 @@ def adapted_layer(d: int, k: int, method: str, r: int, mora_type: str | None = N
     return layer
 
 
-def time_fn(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved_min(steps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Best time (s) of each step over ``rounds`` rounds in which every step runs once, in a rotating order: on a
+    shared machine the noise only ever adds time, and interleaving exposes every candidate to the same conditions."""
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    best = {name: float("inf") for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            steps[name]()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor):
@@ -107,7 +111,7 @@ def floor_step(d: int, k: int, r_hat: int, n_blocks: int):
     return step
 
 
-def merge_time(d: int, k: int, r: int, mora_type: str, repeats: int) -> float:
+def merge_step(d: int, k: int, r: int, mora_type: str):
     layer = nn.Linear(k, d, bias=False)
     model = peft.get_peft_model(nn.Sequential(layer), MoraConfig(r=r, mora_type=mora_type, target_modules=["0"],
                                                                     init_weights=False))
@@ -116,13 +120,13 @@ def merge_time(d: int, k: int, r: int, mora_type: str, repeats: int) -> float:
     def step():
         mora.merge()
         mora.merged_adapters.clear()  # time merges only; the weight drifts, which does not matter here
-    return time_fn(step, repeats, warmup=1)
+    return step
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one shape (4096×4096) at r = 8, few repeats")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
     ap.add_argument("--types", default=",".join(MORA_TYPES), help="comma-separated MoRA types")
     ap.add_argument("--ranks", default="8,256")
     ap.add_argument("--shapes", default=None, help="comma-separated d×k shapes, e.g. 4096x11008 (default: all three)")
@@ -141,8 +145,9 @@ def main(argv=None) -> int:
 
     lines = [
         f"Adapter branch forward+backward, {TOKENS} tokens, fp32, CPU ({platform.processor() or platform.machine()},"
-        f" {torch.get_num_threads()} threads, torch {torch.__version__}, peft {peft.__version__}); median of "
-        f"{repeats}. Ratios: time / PEFT LoRA time at the same r; time / the type's compute floor.",
+        f" {torch.get_num_threads()} threads, torch {torch.__version__}, peft {peft.__version__}); best of "
+        f"{repeats} interleaved rounds (every candidate of a shape and r once per round, rotating order). Ratios: "
+        f"time / PEFT LoRA time at the same r; time / the type's compute floor.",
         "",
         "| shape d×k | r | method | r̂ | fwd+bwd ms | × LoRA | floor ms | × floor |",
         "|---|---|---|---|---|---|---|---|",
@@ -152,25 +157,28 @@ def main(argv=None) -> int:
         for r in ranks:
             x = torch.randn(TOKENS, k, requires_grad=True)
             g = torch.randn(TOKENS, d)
-            lora = adapted_layer(d, k, "lora", r)
-            t_lora = time_fn(fwd_bwd(lora, x, g), repeats)
-            row = f"| {d}×{k} | {r} | PEFT LoRA | – | {t_lora * 1e3:.2f} | 1.00 | – | – |"
-            print(row, flush=True)
-            lines.append(row)
-            del lora
+            steps = {"lora": fwd_bwd(adapted_layer(d, k, "lora", r), x, g)}
+            floor_of = {}
             for mora_type in types:
                 r_hat = mora_rank(d, k, r, mora_type)
-                layer = adapted_layer(d, k, "mora", r, mora_type)
-                t = time_fn(fwd_bwd(layer, x, g), repeats)
                 blocks = num_output_blocks(d, k, r_hat) if mora_type in ("rope", "decouple") else 1
-                t_floor = time_fn(floor_step(d, k, r_hat, blocks), repeats)
-                row = (f"| {d}×{k} | {r} | MoRA {mora_type} | {r_hat} | {t * 1e3:.2f} | {t / t_lora:.2f} | "
-                       f"{t_floor * 1e3:.2f} | {t / t_floor:.2f} |")
+                steps[mora_type] = fwd_bwd(adapted_layer(d, k, "mora", r, mora_type), x, g)
+                floor_of[mora_type] = f"floor r̂={r_hat} blocks={blocks}"
+                if floor_of[mora_type] not in steps:
+                    steps[floor_of[mora_type]] = floor_step(d, k, r_hat, blocks)
+            t = interleaved_min(steps, repeats)
+            row = f"| {d}×{k} | {r} | PEFT LoRA | – | {t['lora'] * 1e3:.2f} | 1.00 | – | – |"
+            print(row, flush=True)
+            lines.append(row)
+            for mora_type in types:
+                t_type, t_floor = t[mora_type], t[floor_of[mora_type]]
+                row = (f"| {d}×{k} | {r} | MoRA {mora_type} | {mora_rank(d, k, r, mora_type)} | {t_type * 1e3:.2f} | "
+                       f"{t_type / t['lora']:.2f} | {t_floor * 1e3:.2f} | {t_type / t_floor:.2f} |")
                 print(row, flush=True)
                 lines.append(row)
-                del layer
+            del steps
 
-    lines += ["", "Merge (ΔW computed and added to W) per layer, ms, median:", "",
+    lines += ["", f"Merge (ΔW computed and added to W) per layer, ms, best of {max(3, repeats // 2)} interleaved rounds:", "",
               "| shape d×k | r | type | merge ms |", "|---|---|---|---|"]
     print("\n".join(lines[-5:]), flush=True)
     merge_shapes = [(11008, 4096), (4096, 11008)]
@@ -178,9 +186,10 @@ def main(argv=None) -> int:
         merge_shapes = [s for s in shapes if s in merge_shapes]
     for d, k in merge_shapes[:1] if args.quick else merge_shapes:
         for r in ranks:
+            t = interleaved_min({mora_type: merge_step(d, k, r, mora_type) for mora_type in types},
+                                max(3, repeats // 2), warmup=1)
             for mora_type in types:
-                t = merge_time(d, k, r, mora_type, max(3, repeats // 2))
-                row = f"| {d}×{k} | {r} | {mora_type} | {t * 1e3:.1f} |"
+                row = f"| {d}×{k} | {r} | {mora_type} | {t[mora_type] * 1e3:.1f} |"
                 print(row, flush=True)
                 lines.append(row)
     if args.out:
