@@ -1,15 +1,17 @@
 """Training-step throughput and peak memory of LoRA vs MoRA (types sharing = 1 and rope = 6) at equal r.
 
     python scripts/bench_train.py                      # model=tiny (r=8) and model=llama_250m (r=8 and 128, byte ids)
-    python scripts/bench_train.py --models tiny --steps 10 --repeats 3
+    python scripts/bench_train.py --models tiny --steps 10
 
-Each measurement runs in a fresh process (so that the peak resident memory belongs to that configuration alone):
-build the model (``runner.models``), put the adapter on (``runner.adapters.apply_adapter``, the same code as
-``train.py``), run ``--warmup`` AdamW steps on random byte sequences, then time ``--steps`` steps. Reported per
-configuration: tokens/s (best of ``--repeats`` interleaved repetitions, to damp the noise of a shared CPU), peak
-resident memory of the process (``ru_maxrss``; on GPU ``torch.cuda.max_memory_allocated``) and its growth during
-training (peak minus the peak before the first step: gradients, optimizer state, activations). Writes a Markdown table
-to ``results/bench/bench_train.md`` (numbers only from this run) and prints it.
+Memory: each configuration runs in a fresh process (so that the peak resident memory belongs to that configuration
+alone): build the model (``runner.models``), put the adapter on (``runner.adapters.apply_adapter``, the same code as
+``train.py``), run ``--warmup + --steps`` AdamW steps on random byte sequences; reported: the peak resident memory
+(``ru_maxrss``; on GPU ``torch.cuda.max_memory_allocated``) and its growth during training (peak minus the peak after
+building: gradients, optimizer state, activations). Tokens/s: the three configurations of a (model, r) are built side
+by side in one more process and timed one step at a time in ``--steps`` interleaved rounds (rotating order); the best
+step of each is kept, since on a shared CPU the noise only adds time and interleaving exposes every configuration to
+the same conditions. Writes a Markdown table to ``results/bench/bench_train.md`` (numbers only from this run) and
+prints it.
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(spec: dict) -> dict:
-    """Build ``spec["model"]`` with the adapter, train ``warmup + steps`` steps; throughput and memory."""
+def build(spec: dict):
+    """``(step, info, device)`` for ``spec``: the model (``runner.models``) with the adapter (``apply_adapter``, the
+    same code as ``train.py``), AdamW, a fixed batch of random byte ids, and one training step as a function."""
     import torch
     from omegaconf import OmegaConf
 
@@ -73,32 +76,53 @@ def measure(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
+    return step, info, device
+
+
+def measure_memory(spec: dict) -> dict:
+    """Peak memory of ``spec`` alone (this process): before training and after ``warmup + steps`` steps."""
     memory_before = peak_memory_mb()
-    for _ in range(spec["warmup"]):
+    step, info, device = build(spec)
+    memory_built = peak_memory_mb()
+    for _ in range(spec["warmup"] + spec["steps"]):
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(spec["steps"]):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
     peak = peak_memory_mb()
     return {**spec, "trainable": info["trainable"], "lora_equivalent": info["lora_equivalent"],
-            "resolved_type": info["mora_type"], "tokens_per_s": spec["batch"] * spec["seq"] * spec["steps"] / seconds,
-            "step_s": seconds / spec["steps"], "peak_mb": peak, "growth_mb": peak - memory_before, "device": device}
+            "resolved_type": info["mora_type"], "peak_mb": peak, "growth_mb": peak - max(memory_built, memory_before),
+            "device": device}
 
 
-def run_in_subprocess(spec: dict) -> dict:
+def measure_throughput(specs: list[dict]) -> list[dict]:
+    """Tokens/s of every spec, built side by side in this process and timed one step at a time in interleaved
+    rounds (rotating order), best step kept: on a shared machine the noise only adds time, and every configuration
+    sees the same conditions."""
+    steps = [build(spec)[0] for spec in specs]
+    for step in steps:
+        for _ in range(specs[0]["warmup"]):
+            step()
+    best = [float("inf")] * len(specs)
+    rounds = specs[0]["steps"]
+    for i in range(rounds):
+        order = list(range(len(specs)))
+        order = order[i % len(order):] + order[: i % len(order)]
+        for j in order:
+            start = time.perf_counter()
+            steps[j]()
+            best[j] = min(best[j], time.perf_counter() - start)
+    return [{"tokens_per_s": spec["batch"] * spec["seq"] / t, "step_s": t} for spec, t in zip(specs, best)]
+
+
+def run_in_subprocess(mode: str, payload) -> dict | list:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, __file__, mode, json.dumps(payload)], capture_output=True, text=True,
                           env=env, cwd=REPO_ROOT)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(("{", "["))]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"error: measurement {spec['model']}/{spec['method']}/{spec['mora_type']} failed: {tail}")
+        raise SystemExit(f"error: measurement {mode} failed: {tail}")
     return json.loads(lines[-1])
 
 
@@ -128,15 +152,19 @@ def main(argv=None) -> None:
                         help="ranks for every model (default: tiny 8, llama_250m 8 and 128)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: tiny 20, others 3)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps = interleaved rounds (default: tiny 30, others 6)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default: tiny 3, others 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "bench" / "bench_train.md"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(json.loads(args.one))), flush=True)
+        print(json.dumps(measure_memory(json.loads(args.one))), flush=True)
+        return
+    if args.interleaved:
+        print(json.dumps(measure_throughput(json.loads(args.interleaved))), flush=True)
         return
 
     start = time.time()
@@ -145,32 +173,27 @@ def main(argv=None) -> None:
         batch, seq = DEFAULT_SHAPE.get(model, (4, 64))
         specs = [{"model": model, "method": m, "mora_type": t, "r": rank,
                   "batch": args.batch or batch, "seq": args.seq or seq, "warmup": args.warmup,
-                  "steps": args.steps or (20 if model == "tiny" else 3), "threads": args.threads} for m, t in METHODS]
-        repeats = args.repeats or (3 if model == "tiny" else 1)
-        best: dict[int, dict] = {}
-        for rep in range(repeats):
-            for i, spec in enumerate(specs if rep % 2 == 0 else specs[::-1]):  # alternate the order
-                i = specs.index(spec)
-                result = run_in_subprocess(spec)
-                print(f"  {model} {label(result)} r={spec['r']}: {result['tokens_per_s']:,.0f} tokens/s, "
-                      f"peak {result['peak_mb']:,.0f} MB (+{result['growth_mb']:,.1f} MB in training)", flush=True)
-                if i not in best or result["tokens_per_s"] > best[i]["tokens_per_s"]:
-                    best[i] = {**result, "peak_mb": min(result["peak_mb"], best.get(i, result)["peak_mb"]),
-                               "growth_mb": min(result["growth_mb"], best.get(i, result)["growth_mb"])}
-        rows += [best[i] for i in range(len(specs))]
+                  "steps": args.steps or (30 if model == "tiny" else 6), "threads": args.threads} for m, t in METHODS]
+        group = [run_in_subprocess("--one", spec) for spec in specs]  # memory: each configuration alone
+        for row, speed in zip(group, run_in_subprocess("--interleaved", specs)):
+            row.update(speed)
+            print(f"  {model} {label(row)} r={rank}: {row['tokens_per_s']:,.0f} tokens/s, "
+                  f"peak {row['peak_mb']:,.0f} MB (+{row['growth_mb']:,.1f} MB in training)", flush=True)
+        rows += group
 
     text = table(rows)
     settings = "; ".join(
-        f"{m}: batch {r['batch']} × seq {r['seq']}, {r['steps']} timed steps after {r['warmup']} warm-up, "
-        f"{args.repeats or (3 if m == 'tiny' else 1)} repeat(s)"
+        f"{m}: batch {r['batch']} × seq {r['seq']}, {r['steps']} interleaved timed steps after {r['warmup']} warm-up"
         for m, r in ((m, next(x for x in rows if x["model"] == m)) for m in args.models))
     report = (f"# Training-step benchmark: LoRA vs MoRA at equal r\n\n"
               f"Measured by `python scripts/bench_train.py {' '.join(sys.argv[1:])}`".rstrip() + f" on "
               f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()} "
               f"{os.cpu_count()} CPUs, device {rows[0]['device']}, {args.threads} torch thread(s) per measurement; "
-              f"{settings}. AdamW on random byte sequences; each configuration in its own process. tokens/s: best "
-              f"repeat; peak: the process's peak resident memory (GPU: max allocated); growth: peak during training "
-              f"minus peak before it. Total time {time.time() - start:.0f} s.\n\n{text}\n")
+              f"{settings}. AdamW on random byte sequences. tokens/s: the best step of each configuration, the three "
+              f"configurations of a (model, r) timed step by step in interleaved rounds in one process; peak: the "
+              f"peak resident memory (GPU: max allocated) of a process running that configuration alone; growth: "
+              f"that peak minus the peak after building the model. Total time {time.time() - start:.0f} s.\n\n"
+              f"{text}\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")
