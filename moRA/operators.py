@@ -457,8 +457,12 @@ class _BlockBranch(torch.autograd.Function):
         target = out2.new_empty(out2.shape[0], width) if tiled else out2
         full = _full_blocks(n_out, k, target.shape[-1], r)
         if full:  # the whole, unwrapped blocks as one batched GEMM over strided views of x and of the output
-            _block_view(target, full, r).baddbmm_(_block_view(x2, full, r), blocks[:full].transpose(1, 2),
-                                                  beta=0.0 if tiled else 1.0)
+            dst, src, w_t = _block_view(target, full, r), _block_view(x2, full, r), blocks[:full].transpose(1, 2)
+            # (out= on the strided view is one batched BLAS call; Tensor.baddbmm_ on it runs a GEMM per block)
+            if tiled:
+                torch.bmm(src, w_t, out=dst)
+            else:
+                torch.baddbmm(dst, src, w_t, out=dst)
         for b in range(full, n_out):
             h = min(r, target.shape[-1] - b * r)  # the last block may be cut by d
             w_t = blocks[b, :h].T
@@ -492,7 +496,7 @@ class _BlockBranch(torch.autograd.Function):
             gx = grad_x.view(-1, k)
             full = _full_blocks(n_out, k, g.shape[-1], r)
             if full:
-                _block_view(gx, full, r).baddbmm_(_block_view(g, full, r), blocks[:full], beta=0.0)
+                torch.bmm(_block_view(g, full, r), blocks[:full], out=_block_view(gx, full, r))
             for b in range(full, aligned):
                 h = min(r, g.shape[-1] - b * r)
                 torch.mm(g[:, b * r : b * r + h], blocks[b, :h], out=gx[:, b * r : (b + 1) * r])
