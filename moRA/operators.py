@@ -366,26 +366,6 @@ def rope_tables(n_blocks: int, r: int, device=None, dtype=torch.float32) -> torc
     return torch.stack([angles.cos(), angles.sin()]).to(dtype)
 
 
-def rotate_matrix_blocks(M: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """``(M R_b)`` for every block b: ``M: (r, r)``, ``tables: (2, n, r/2)`` → ``(n, r, r)``.
-
-    With ``R_b x = x·cos + rotate_half(x)·sin`` (half-split), the columns of ``M R_b`` are
-    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``."""
-    half = M.shape[-1] // 2
-    cos, sin = tables[0].unsqueeze(1), tables[1].unsqueeze(1)  # (n, 1, r/2)
-    m1, m2 = M[:, :half], M[:, half:]
-    return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
-
-
-def block_matrices(M: torch.Tensor, mora_type: str, n_blocks: int, tables: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-block maps of a block type: ``(n, r, r)`` (rope: M R_b; decouple: M for every block, a view)."""
-    if mora_type == "rope":
-        if tables is None:
-            tables = rope_tables(n_blocks, M.shape[-1], M.device, M.dtype)
-        return rotate_matrix_blocks(M, tables[:, :n_blocks].to(M.dtype))
-    return M.unsqueeze(0).expand(n_blocks, -1, -1)
-
-
 def _input_block(x: torch.Tensor, b: int, r: int) -> torch.Tensor:
     """Input block b of the wrap-padded x: ``(N, k) → (N, r)``; a view unless the block wraps around."""
     k = x.shape[-1]
@@ -396,12 +376,17 @@ def _input_block(x: torch.Tensor, b: int, r: int) -> torch.Tensor:
     return x[:, (b * r + torch.arange(r, device=x.device)) % k]
 
 
-def _rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``M R_b`` for every block, ``(n, r, r)``, written into one buffer (no temporaries); ``cos, sin: (n, r/2)``.
-    Same values as ``rotate_matrix_blocks``."""
+def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``(M R_b)`` for every block b, ``(n, r, r)``, from ``M: (r, r)`` and ``cos, sin: (n, r/2)`` (``rope_tables``).
+
+    With ``R_b x = x·cos + rotate_half(x)·sin`` (half-split), the columns of ``M R_b`` are
+    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``; written into one buffer
+    (no temporaries)."""
     half = M.shape[-1] // 2
     m1, m2 = M[:, :half], M[:, half:]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (n, 1, r/2)
+    if torch.is_grad_enabled() and M.requires_grad:  # differentiable form (delta_weight with respect to M)
+        return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
     blocks = M.new_empty(cos.shape[0], *M.shape)
     torch.mul(m1, cos, out=blocks[..., :half]).addcmul_(m2, sin)
     torch.mul(m2, cos, out=blocks[..., half:]).addcmul_(m1, sin, value=-1.0)
@@ -420,14 +405,11 @@ def _rotated_blocks_adjoint(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: t
     return grad
 
 
-_BATCHED_BLOCK_GEMM = True
-
-
 def _full_blocks(n_out: int, k: int, width: int, r: int) -> int:
     """How many leading blocks are whole on both sides (not cut by the output width, not wrapping around x): they
-    go through one batched GEMM; the others (at most two) one GEMM each. 0 when batching is off or pointless."""
+    go through one batched GEMM; the others (at most two) one GEMM each. 0 when there is only one."""
     full = min(n_out, k // r, width // r)
-    return full if _BATCHED_BLOCK_GEMM and full > 1 else 0
+    return full if full > 1 else 0
 
 
 def _block_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
@@ -450,7 +432,7 @@ class _BlockBranch(torch.autograd.Function):
     def forward(ctx, out, x, M, cos, sin, n_out):
         d, k = out.shape[-1], x.shape[-1]
         r = M.shape[-1]
-        blocks = _rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
+        blocks = rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
         width = num_blocks(k, r) * r
         out2, x2 = out.view(-1, d), x.reshape(-1, k)
         tiled = d > width
@@ -482,7 +464,7 @@ class _BlockBranch(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, M, cos, sin = ctx.saved_tensors
         n_out, r = ctx.n_out, M.shape[-1]
-        blocks = _rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
+        blocks = rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
         d, k = grad_out.shape[-1], x.shape[-1]
         width = num_blocks(k, r) * r
         g = grad_out.reshape(-1, d)
@@ -703,7 +685,7 @@ def _block_range(M: torch.Tensor, mora_type: str, b0: int, b1: int, tables: torc
     if mora_type == "rope":
         if tables is None or tables.shape[1] < b1:
             tables = rope_tables(b1, M.shape[-1], M.device, M.dtype)
-        return rotate_matrix_blocks(M, tables[:, b0:b1].to(M.dtype))
+        return rotated_blocks(M, *tables[:, b0:b1].to(M.dtype))
     return M.unsqueeze(0).expand(b1 - b0, -1, -1)
 
 
