@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -69,20 +70,31 @@ def adapted_layer(d: int, k: int, method: str, r: int, mora_type: str | None = N
     return layer
 
 
-def interleaved_min(steps: dict, rounds: int, warmup: int = 2) -> dict:
-    """Best time (s) of each step over ``rounds`` rounds in which every step runs once, in a rotating order: on a
-    shared machine the noise only ever adds time, and interleaving exposes every candidate to the same conditions."""
+def interleaved_rounds(steps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Times (s) of each step in ``rounds`` rounds in which every step runs once, in a rotating order:
+    ``{name: [t_round0, t_round1, …]}``. Steps of one round run back to back, so they share the machine's state."""
     names = list(steps)
     for name in names:
         for _ in range(warmup):
             steps[name]()
-    best = {name: float("inf") for name in names}
+    times = {name: [0.0] * rounds for name in names}
     for i in range(rounds):
         for name in names[i % len(names):] + names[: i % len(names)]:
             t0 = time.perf_counter()
             steps[name]()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            times[name][i] = time.perf_counter() - t0
+    return times
+
+
+def interleaved_min(steps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Best time (s) of each step over interleaved rounds: on a shared machine the noise only ever adds time."""
+    return {name: min(ts) for name, ts in interleaved_rounds(steps, rounds, warmup).items()}
+
+
+def paired_ratio(times: dict, name: str, reference: str) -> float:
+    """Median over rounds of ``time(name) / time(reference)`` within the same round: slow phases of the machine hit
+    both sides of a ratio alike, which the ratio of two separate minima does not guarantee."""
+    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
 
 
 def fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor):
@@ -126,7 +138,7 @@ def merge_step(d: int, k: int, r: int, mora_type: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one shape (4096×4096) at r = 8, few repeats")
-    ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds")
+    ap.add_argument("--repeats", type=int, default=11, help="interleaved rounds")
     ap.add_argument("--types", default=",".join(MORA_TYPES), help="comma-separated MoRA types")
     ap.add_argument("--ranks", default="8,256")
     ap.add_argument("--shapes", default=None, help="comma-separated d×k shapes, e.g. 4096x11008 (default: all three)")
@@ -145,9 +157,10 @@ def main(argv=None) -> int:
 
     lines = [
         f"Adapter branch forward+backward, {TOKENS} tokens, fp32, CPU ({platform.processor() or platform.machine()},"
-        f" {torch.get_num_threads()} threads, torch {torch.__version__}, peft {peft.__version__}); best of "
-        f"{repeats} interleaved rounds (every candidate of a shape and r once per round, rotating order). Ratios: "
-        f"time / PEFT LoRA time at the same r; time / the type's compute floor.",
+        f" {torch.get_num_threads()} threads, torch {torch.__version__}, peft {peft.__version__}); {repeats} "
+        f"interleaved rounds (every candidate of a shape and r once per round, rotating order). ms: best round. "
+        f"Ratios (time / PEFT LoRA time at the same r; time / the type's compute floor): median over rounds of the "
+        f"ratio within a round.",
         "",
         "| shape d×k | r | method | r̂ | fwd+bwd ms | × LoRA | floor ms | × floor |",
         "|---|---|---|---|---|---|---|---|",
@@ -166,14 +179,16 @@ def main(argv=None) -> int:
                 floor_of[mora_type] = f"floor r̂={r_hat} blocks={blocks}"
                 if floor_of[mora_type] not in steps:
                     steps[floor_of[mora_type]] = floor_step(d, k, r_hat, blocks)
-            t = interleaved_min(steps, repeats)
+            times = interleaved_rounds(steps, repeats)
+            t = {name: min(ts) for name, ts in times.items()}
             row = f"| {d}×{k} | {r} | PEFT LoRA | – | {t['lora'] * 1e3:.2f} | 1.00 | – | – |"
             print(row, flush=True)
             lines.append(row)
             for mora_type in types:
                 t_type, t_floor = t[mora_type], t[floor_of[mora_type]]
                 row = (f"| {d}×{k} | {r} | MoRA {mora_type} | {mora_rank(d, k, r, mora_type)} | {t_type * 1e3:.2f} | "
-                       f"{t_type / t['lora']:.2f} | {t_floor * 1e3:.2f} | {t_type / t_floor:.2f} |")
+                       f"{paired_ratio(times, mora_type, 'lora'):.2f} | {t_floor * 1e3:.2f} | "
+                       f"{paired_ratio(times, mora_type, floor_of[mora_type]):.2f} |")
                 print(row, flush=True)
                 lines.append(row)
             del steps
