@@ -4,8 +4,10 @@ operator's compute floor, on LLaMA-2-7B projection shapes, plus the merge time p
 Everything is measured in this one process, on the CPU, fp32, 1024 tokens. The frozen base matmul is stubbed on
 both sides (its output is a zeroed buffer that the stub keeps, so that the base's output allocation is not charged
 to the adapter), so the table compares the adapter branches alone — the base matmul costs 5–10× more and would hide
-them. The input requires grad, as inside a network, so the backward pass writes
-grad_x.
+them. The input requires grad, as inside a network, so the backward pass writes grad_x. Every candidate of a shape
+and r (PEFT LoRA, each MoRA type, each floor) runs once per round, in a rotating order; the table shows the best
+round's time and, as ratios, the median over rounds of the ratio within a round (a shared machine drifts, and both
+sides of a ratio then see the same phase).
 
 Floor (``floor``): what no implementation of the type can avoid: the GEMM of M with the per-token compressed
 vector(s) in the forward pass and its two GEMMs in the backward pass — for the block types one r̂ × r̂ GEMM per block
