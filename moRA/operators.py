@@ -162,6 +162,10 @@ def _contiguous_sizes(total: int, r: int) -> tuple[int, int, int]:
     return q, m, m * (q + 1)
 
 
+_SHORT_SUM = 6  # chunk counts up to this are summed by slice additions
+_SHORT_GROUP = 16  # group sizes up to this are summed by a batched GEMM with ones
+
+
 def _sum_chunks(v: torch.Tensor) -> torch.Tensor:
     """``v.sum(-2)`` for ``v: (..., q, r)`` (the r-chunks of a row): a few slice additions when q is small, where
     they beat PyTorch's reduction over a short middle dimension (measured 2–6× at q = 2)."""
@@ -189,10 +193,6 @@ def _sum_groups(v: torch.Tensor) -> torch.Tensor:
     v3 = v.reshape(-1, *v.shape[-2:])
     ones = v.new_ones(1, size, 1).expand(v3.shape[0], size, 1)
     return torch.bmm(v3, ones).view(*lead, v.shape[-2])
-
-
-_SHORT_SUM = 6
-_SHORT_GROUP = 16
 
 
 def compress_contiguous(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -382,15 +382,26 @@ def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
     With ``R_b x = x·cos + rotate_half(x)·sin`` (half-split), the columns of ``M R_b`` are
     ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``; written into one buffer
     (no temporaries)."""
+    if torch.is_grad_enabled() and M.requires_grad:  # differentiable form (delta_weight with respect to M)
+        half = M.shape[-1] // 2
+        m1, m2, cos, sin = M[:, :half], M[:, half:], cos.unsqueeze(1), sin.unsqueeze(1)
+        return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
+    return _add_rotated_(M.new_empty(cos.shape[0], *M.shape), M, cos, sin, fresh=True)
+
+
+def _add_rotated_(dst: torch.Tensor, M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, alpha: float = 1.0,
+                  fresh: bool = False) -> torch.Tensor:
+    """``dst (n, r, r) += alpha · M R_b`` for every block b, in place, with no temporaries (``fresh``: overwrite
+    ``dst`` instead, alpha = 1; not differentiable). ``dst`` may be a strided view, e.g. W's block diagonal."""
     half = M.shape[-1] // 2
     m1, m2 = M[:, :half], M[:, half:]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (n, 1, r/2)
-    if torch.is_grad_enabled() and M.requires_grad:  # differentiable form (delta_weight with respect to M)
-        return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
-    blocks = M.new_empty(cos.shape[0], *M.shape)
-    torch.mul(m1, cos, out=blocks[..., :half]).addcmul_(m2, sin)
-    torch.mul(m2, cos, out=blocks[..., half:]).addcmul_(m1, sin, value=-1.0)
-    return blocks
+    # (each half is sliced only when it is updated: autograd's view tracking needs the fresh view)
+    left = torch.mul(m1, cos, out=dst[..., :half]) if fresh else dst[..., :half].addcmul_(m1, cos, value=alpha)
+    left.addcmul_(m2, sin, value=alpha)
+    right = torch.mul(m2, cos, out=dst[..., half:]) if fresh else dst[..., half:].addcmul_(m2, cos, value=alpha)
+    right.addcmul_(m1, sin, value=-alpha)
+    return dst
 
 
 def _rotated_blocks_adjoint(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -639,21 +650,19 @@ def _add_sharing_family_(W: torch.Tensor, M: torch.Tensor, mora_type: str, alpha
         return
     feat, slot = _compression_pairs(k, r, mora_type, M.device)
     if kind == "strided":  # r > k: the r × k matrix M·C is small (k < r); sum over all (feature, slot) pairs
-        mc = M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T
-        gather = lambda a, b, out: mc[a:b]  # noqa: E731
+        mc, panel, buffer = M.new_zeros(k, r).index_add_(0, feat, M.T[slot]).T, r, None
     else:
-        reuse = not (torch.is_grad_enabled() and M.requires_grad)  # out= buffers do not take part in autograd
-        buffer = M.new_empty(min(r, max(1, _MERGE_PANEL_BYTES // (M.element_size() * k))), k) if reuse else None
-
-        def gather(a, b, out):
-            if out is None:
-                return M[a:b].index_select(1, slot)
-            return torch.index_select(M[a:b], 1, slot, out=out[: b - a])
-    panel = r if kind == "strided" else (buffer.shape[0] if buffer is not None else
-                                         max(1, _MERGE_PANEL_BYTES // (M.element_size() * k)))
+        panel = min(r, max(1, _MERGE_PANEL_BYTES // (M.element_size() * k)))
+        differentiable = torch.is_grad_enabled() and M.requires_grad  # out= buffers do not take part in autograd
+        buffer = None if differentiable else M.new_empty(panel, k)
     for a in range(0, r, panel):  # cache blocking over M's rows (a handful of panels), not a loop over features
         b = min(r, a + panel)
-        mc_panel = gather(a, b, buffer if kind != "strided" else None)
+        if kind == "strided":
+            mc_panel = mc[a:b]
+        elif buffer is None:
+            mc_panel = M[a:b].index_select(1, slot)
+        else:
+            mc_panel = torch.index_select(M[a:b], 1, slot, out=buffer[: b - a])
         for rseg in rows:
             row = _axis_view(W, 0, rseg, a, b)
             if row is not None:
@@ -693,8 +702,8 @@ def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, table
                          alpha: float, cache: dict[int, torch.Tensor]) -> None:
     """``W (rows ≤ n·r, k)``: output rows ``b·r + a`` receive ``(M R_b)[a, t]`` (decouple: ``M[a, t]``) at column
     ``(b·r + t) mod k``. The whole blocks on the diagonal are one strided view of W; when W has M's dtype the
-    rotated blocks are never formed (four broadcast ``addcmul_`` on the view: the columns of ``M R_b`` are
-    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]``), else they are formed in M's precision and added once (one rounding)."""
+    rotated blocks are never formed (``_add_rotated_`` adds them into the view), else they are formed in M's
+    precision and added once (one rounding)."""
     rows, r = W.shape[0], M.shape[-1]
     n_row_blocks = -(-rows // r)
     aligned = min(n_row_blocks, k // r, rows // r)  # whole blocks on the diagonal, no wrap, no cut
@@ -706,12 +715,7 @@ def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, table
         elif mora_type == "rope":
             if tables is None or tables.shape[1] < aligned:
                 tables = rope_tables(aligned, r, M.device, M.dtype)
-            half = r // 2
-            cos, sin = (t[:aligned].unsqueeze(1).to(M.dtype) for t in tables)  # (aligned, 1, r/2)
-            m1, m2 = M[:, :half], M[:, half:]
-            # (each half is sliced only when it is updated: autograd's view tracking needs the fresh view)
-            diag[..., :half].addcmul_(m1, cos, value=alpha).addcmul_(m2, sin, value=alpha)
-            diag[..., half:].addcmul_(m2, cos, value=alpha).addcmul_(m1, sin, value=-alpha)
+            _add_rotated_(diag, M, *tables[:, :aligned].to(M.dtype), alpha=alpha)
         else:
             diag.add_(M, alpha=alpha)
     # At most two blocks remain: one cut by d and/or the one whose columns wrap around to x's first features.

@@ -83,15 +83,14 @@ def build(spec: dict):
 
 
 def measure_memory(spec: dict) -> dict:
-    """Peak memory of ``spec`` alone (this process): before training and after ``warmup + steps`` steps."""
-    memory_before = peak_memory_mb()
+    """Peak memory of ``spec`` alone (this process): after building and after ``warmup + steps`` steps."""
     step, info, device = build(spec)
     memory_built = peak_memory_mb()
     for _ in range(spec["warmup"] + spec["steps"]):
         step()
     peak = peak_memory_mb()
     return {**spec, "trainable": info["trainable"], "lora_equivalent": info["lora_equivalent"],
-            "resolved_type": info["mora_type"], "peak_mb": peak, "growth_mb": peak - max(memory_built, memory_before),
+            "resolved_type": info["mora_type"], "peak_mb": peak, "growth_mb": peak - memory_built,
             "device": device}
 
 
