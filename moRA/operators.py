@@ -366,14 +366,16 @@ def rope_tables(n_blocks: int, r: int, device=None, dtype=torch.float32) -> torc
     return torch.stack([angles.cos(), angles.sin()]).to(dtype)
 
 
-def _input_block(x: torch.Tensor, b: int, r: int) -> torch.Tensor:
-    """Input block b of the wrap-padded x: ``(N, k) → (N, r)``; a view unless the block wraps around."""
-    k = x.shape[-1]
-    if (b + 1) * r <= k:
-        return x[:, b * r : (b + 1) * r]
-    if b * r < k and (b + 1) * r <= 2 * k:  # wraps once: the tail of x, then its first features
-        return torch.cat([x[:, b * r :], x[:, : (b + 1) * r - k]], dim=1)
-    return x[:, (b * r + torch.arange(r, device=x.device)) % k]
+def _wrap_segments(first: int, width: int, k: int) -> list[tuple[int, int, int]]:
+    """Block columns ``t < width`` read feature ``(first + t) mod k`` of x: the runs of consecutive features as
+    ``(feature, t, length)`` — one run for a block inside x, two when it wraps once, more when r̂ > k."""
+    runs, t = [], 0
+    while t < width:
+        feature = (first + t) % k
+        length = min(width - t, k - feature)
+        runs.append((feature, t, length))
+        t += length
+    return runs
 
 
 def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -404,16 +406,18 @@ def _add_rotated_(dst: torch.Tensor, M: torch.Tensor, cos: torch.Tensor, sin: to
     return dst
 
 
-def _rotated_blocks_adjoint(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rotated_blocks_adjoint_(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """The gradient of M from the gradients of its rotated blocks: ``Σ_b G_b R_bᵀ``, ``(n, r, r) → (r, r)``.
-    With ``G_b = [L_b, R_b]`` (column halves): ``∂M₁ = Σ_b L_b·cos − R_b·sin``, ``∂M₂ = Σ_b L_b·sin + R_b·cos``."""
+    With ``G_b = [L_b, R_b]`` (column halves), ``G_b R_bᵀ = [L_b·cos − R_b·sin, L_b·sin + R_b·cos]``: each block is
+    rotated back in place in ``grad_blocks`` (overwritten; one temporary of half its size), then the blocks are
+    summed."""
     half = grad_blocks.shape[-1] // 2
     left, right = grad_blocks[..., :half], grad_blocks[..., half:]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    grad = grad_blocks.new_empty(grad_blocks.shape[1:])
-    torch.sum(left * cos, 0, out=grad[:, :half]).sub_((right * sin).sum(0))
-    torch.sum(right * cos, 0, out=grad[:, half:]).add_((left * sin).sum(0))
-    return grad
+    left_sin = left * sin
+    left.mul_(cos).addcmul_(right, sin, value=-1.0)
+    right.mul_(cos).add_(left_sin)
+    return grad_blocks.sum(0)
 
 
 def _full_blocks(n_out: int, k: int, width: int, r: int) -> int:
@@ -456,14 +460,15 @@ class _BlockBranch(torch.autograd.Function):
                 torch.bmm(src, w_t, out=dst)
             else:
                 torch.baddbmm(dst, src, w_t, out=dst)
-        for b in range(full, n_out):
-            h = min(r, target.shape[-1] - b * r)  # the last block may be cut by d
-            w_t = blocks[b, :h].T
+        for b in range(full, n_out):  # a block cut by d and/or the one that wraps around x: a GEMM per run of x
+            h = min(r, target.shape[-1] - b * r)
             dst = target[:, b * r : b * r + h]
-            if tiled:
-                torch.mm(_input_block(x2, b, r), w_t, out=dst)
-            else:
-                dst.addmm_(_input_block(x2, b, r), w_t)
+            for i, (feature, t, length) in enumerate(_wrap_segments(b * r, r, k)):
+                src, w_t = x2[:, feature : feature + length], blocks[b, :h, t : t + length].T
+                if tiled and i == 0:
+                    torch.mm(src, w_t, out=dst)
+                else:
+                    dst.addmm_(src, w_t)
         if tiled:
             add_tiled_(out2, target)
         ctx.save_for_backward(x, M, cos, sin)
@@ -483,31 +488,38 @@ class _BlockBranch(torch.autograd.Function):
             g = fold_tiled(g, width)
         x2 = x.reshape(-1, k)
         grad_x = grad_m = None
-        aligned = min(n_out, k // r)
         if ctx.needs_input_grad[1]:
             grad_x = x.new_empty(x.shape)  # returned as is: not a view (see _SharingBranch.backward)
             gx = grad_x.view(-1, k)
             full = _full_blocks(n_out, k, g.shape[-1], r)
             if full:
                 torch.bmm(_block_view(g, full, r), blocks[:full], out=_block_view(gx, full, r))
-            for b in range(full, aligned):
+            written = full * r  # gx[:, :written] holds its gradient; the runs of the other blocks follow in order
+            for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
-                torch.mm(g[:, b * r : b * r + h], blocks[b, :h], out=gx[:, b * r : (b + 1) * r])
-            gx[:, aligned * r :].zero_()  # features no output block reads (and the wrap block's, added below)
-            for b in range(aligned, n_out):  # the block that wraps around x (at most one)
-                h = min(r, g.shape[-1] - b * r)
-                _add_wrapped_columns_(gx, g[:, b * r : b * r + h] @ blocks[b, :h], b * r, k, 1.0)
+                for feature, t, length in _wrap_segments(b * r, r, k):
+                    src, w = g[:, b * r : b * r + h], blocks[b, :h, t : t + length]
+                    if feature >= written:  # first gradient for these features: written, not added
+                        gx[:, written:feature].zero_()  # (never wider than 0: the blocks' runs are in order)
+                        torch.mm(src, w, out=gx[:, feature : feature + length])
+                        written = feature + length
+                    else:  # features wrapped around to: below ``written`` (a run never straddles it)
+                        gx[:, feature : feature + length].addmm_(src, w)
+            gx[:, written:].zero_()  # features no output block reads
         if ctx.needs_input_grad[2]:
-            grad_blocks = M.new_empty(n_out, r, r)
+            # (rope: into the rotated blocks' own buffer, no longer needed — one allocation of n_out·r̂² fewer)
+            grad_blocks = blocks if cos is not None else M.new_empty(n_out, r, r)
             full = _full_blocks(n_out, k, g.shape[-1], r)
             if full:
                 torch.bmm(_block_view(g, full, r).transpose(1, 2), _block_view(x2, full, r), out=grad_blocks[:full])
             for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
-                torch.mm(g[:, b * r : b * r + h].T, _input_block(x2, b, r), out=grad_blocks[b, :h])
+                for feature, t, length in _wrap_segments(b * r, r, k):
+                    torch.mm(g[:, b * r : b * r + h].T, x2[:, feature : feature + length],
+                             out=grad_blocks[b, :h, t : t + length])
                 if h < r:  # rows of a block cut by d receive no gradient
                     grad_blocks[b, h:].zero_()
-            grad_m = _rotated_blocks_adjoint(grad_blocks, cos, sin) if cos is not None else grad_blocks.sum(0)
+            grad_m = _rotated_blocks_adjoint_(grad_blocks, cos, sin) if cos is not None else grad_blocks.sum(0)
         return grad_out, grad_x, grad_m, None, None, None
 
 
@@ -734,15 +746,9 @@ def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, table
 
 
 def _add_wrapped_columns_(band: torch.Tensor, block: torch.Tensor, first: int, k: int, alpha: float) -> None:
-    """``band[:, (first + t) mod k] += alpha · block[:, t]``: two slices when the block wraps once, else index_add."""
-    width = block.shape[-1]
-    if first < k and first + width <= 2 * k:
-        inside = min(width, k - first)
-        band[:, first : first + inside].add_(block[:, :inside], alpha=alpha)
-        if width > inside:
-            band[:, : width - inside].add_(block[:, inside:], alpha=alpha)
-    else:  # r > k: the single block wraps around x more than once
-        band.index_add_(1, (first + torch.arange(width, device=band.device)) % k, block, alpha=alpha)
+    """``band[:, (first + t) mod k] += alpha · block[:, t]``: one slice addition per run of consecutive features."""
+    for feature, t, length in _wrap_segments(first, block.shape[-1], k):
+        band[:, feature : feature + length].add_(block[:, t : t + length], alpha=alpha)
 
 
 def delta_weight(M: torch.Tensor, d: int, k: int, mora_type: str, tables: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,8 +2,8 @@
 operator's compute floor, on LLaMA-2-7B projection shapes, plus the merge time per layer.
 
 Everything is measured in this one process, on the CPU, fp32, 1024 tokens. The frozen base matmul is stubbed on
-both sides (its output is a zeroed buffer that the stub keeps, so that the base's output allocation is not charged
-to the adapter), so the table compares the adapter branches alone — the base matmul costs 5–10× more and would hide
+both sides (its output is a buffer that the stub keeps and returns as it is, so that neither the base's output
+allocation nor its writing is charged to the adapter), so the table compares the adapter branches alone — the base matmul costs 5–10× more and would hide
 them. The input requires grad, as inside a network, so the backward pass writes grad_x. Every candidate of a shape
 and r (PEFT LoRA, each MoRA type, each floor) runs once per round, in a rotating order; the table shows the best
 round's time and, as ratios, the median over rounds of the ratio within a round (a shared machine drifts, and both
@@ -41,17 +41,19 @@ TOKENS = 1024
 
 
 class StubLinear(nn.Linear):
-    """An nn.Linear whose forward skips the matmul and returns zeros (N, d) in a buffer it keeps: the base layer's
-    output, allocation included, is the base's cost, not the adapter's. (A fresh tensor of more than 32 MB would be a
-    new mmap on every call with glibc, and its page faults — 20+ ms for 11008 outputs — would be charged to the
-    adapter.)"""
+    """An nn.Linear whose forward skips the matmul and returns a (N, d) buffer it keeps, as it is (not cleared):
+    producing the base layer's output — allocating and writing it — is the base's cost, not the adapter's, so the
+    stub does neither. (A fresh tensor of more than 32 MB would be a new mmap on every call with glibc, and its page
+    faults — 20+ ms for 11008 outputs — would be charged to the adapter; clearing it would charge the adapter a
+    write of N × d that the floor's one write of the output does not pay twice.) Adapters that add in place
+    accumulate into the buffer across calls; only times are read."""
 
     def forward(self, x):
         shape = (*x.shape[:-1], self.out_features)
         buffer = getattr(self, "_output", None)
         if buffer is None or buffer.shape != shape or buffer.dtype != x.dtype:
-            buffer = self._output = x.new_empty(shape)
-        return buffer.detach().zero_()  # a fresh tensor object: no autograd history from the last call
+            buffer = self._output = x.new_zeros(shape)
+        return buffer.detach()  # a fresh tensor object: no autograd history from the last call
 
 
 def adapted_layer(d: int, k: int, method: str, r: int, mora_type: str | None = None) -> nn.Module:

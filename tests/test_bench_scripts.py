@@ -29,17 +29,24 @@ def test_stubbed_layers_compute_the_real_adapter_branch_and_keep_no_autograd_his
     g = torch.randn(8, d)
     for method, mora_type in [("lora", None), ("mora", "sharing"), ("mora", "rope")]:
         layer = bench_adapters.adapted_layer(d, k, method, 8, mora_type)
-        first = layer(x).detach().clone()
-        for _ in range(2):  # the reused output buffer starts from zero every call, and backward runs every time
-            bench_adapters.fwd_bwd(layer, x, g)()
-        torch.testing.assert_close(layer(x).detach(), first)
+        first = layer(x).detach().clone()  # the stub's buffer starts at zero: the output is exactly the branch
         assert first.abs().sum() > 0  # the adapter's own weights are random: the branch is not trivially zero
-        if method == "mora":  # the stub adds nothing: the output is exactly the branch
+        if method == "mora":
             from moRA.operators import mora_branch
 
             M = layer.mora_M["default"]
             want = mora_branch(x.detach(), M.detach(), d, mora_type)
             torch.testing.assert_close(first, want, rtol=1e-5, atol=1e-6)
+        stub = layer.get_base_layer()
+        buffer = stub._output
+        before = buffer.clone()
+        for _ in range(2):  # backward runs every time (no history kept from the last call)
+            bench_adapters.fwd_bwd(layer, x, g)()
+        assert stub._output is buffer  # no new output allocation per call: the base's cost is not charged
+        if method == "lora":  # PEFT LoRA adds out of place: the buffer is untouched
+            torch.testing.assert_close(buffer, before)
+        else:  # MoRA adds in place into the base's output, as it does in a network
+            torch.testing.assert_close(buffer, before + 2 * first, rtol=1e-5, atol=1e-5)
 
 
 def test_floor_and_merge_steps_run():
