@@ -225,11 +225,16 @@ def compress(x: torch.Tensor, r: int, mora_type: str) -> torch.Tensor:
 # Decompression, added in place: out (..., d) += f_decomp(u), u: (..., r)
 # --------------------------------------------------------------------------------------------------------------
 def add_tiled_(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``out[..., o] += u[..., o mod r]`` (type 1/3 decompression) without materialising the tiled vector."""
+    """``out[..., o] += u[..., o mod r]`` (type 1/3 decompression) without materialising the tiled vector: a slice
+    addition per tile when there are few (faster than one broadcast over a short middle dimension), else one
+    broadcast addition."""
     d, r = out.shape[-1], u.shape[-1]
     p, s = divmod(d, r)
-    if p:
+    if p > _SHORT_SUM:
         out[..., : p * r].unflatten(-1, (p, r)).add_(u.unsqueeze(-2))
+    else:
+        for i in range(p):
+            out[..., i * r : (i + 1) * r].add_(u)
     if s:
         out[..., p * r :].add_(u[..., :s])
     return out
@@ -382,28 +387,22 @@ def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
     """``(M R_b)`` for every block b, ``(n, r, r)``, from ``M: (r, r)`` and ``cos, sin: (n, r/2)`` (``rope_tables``).
 
     With ``R_b x = x·cos + rotate_half(x)·sin`` (half-split), the columns of ``M R_b`` are
-    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``; written into one buffer
-    (no temporaries)."""
-    if torch.is_grad_enabled() and M.requires_grad:  # differentiable form (delta_weight with respect to M)
-        half = M.shape[-1] // 2
-        m1, m2, cos, sin = M[:, :half], M[:, half:], cos.unsqueeze(1), sin.unsqueeze(1)
-        return torch.cat([m1 * cos + m2 * sin, m2 * cos - m1 * sin], dim=-1)
-    return _add_rotated_(M.new_empty(cos.shape[0], *M.shape), M, cos, sin, fresh=True)
+    ``[M₁·cos + M₂·sin, M₂·cos − M₁·sin]`` where ``M₁ = M[:, :r/2]`` and ``M₂ = M[:, r/2:]``, i.e.
+    ``M·[cos, cos] + [M₂, −M₁]·[sin, sin]``: two passes over whole rows of one buffer (differentiable in M)."""
+    half = M.shape[-1] // 2
+    swapped = torch.cat([M[:, half:], -M[:, :half]], dim=1)
+    blocks = M * torch.cat([cos, cos], dim=-1).unsqueeze(1)
+    return blocks.addcmul_(swapped, torch.cat([sin, sin], dim=-1).unsqueeze(1))
 
 
-def _add_rotated_(dst: torch.Tensor, M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, alpha: float = 1.0,
-                  fresh: bool = False) -> torch.Tensor:
-    """``dst (n, r, r) += alpha · M R_b`` for every block b, in place, with no temporaries (``fresh``: overwrite
-    ``dst`` instead, alpha = 1; not differentiable). ``dst`` may be a strided view, e.g. W's block diagonal."""
+def _add_rotated_(dst: torch.Tensor, M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, alpha: float) -> None:
+    """``dst (n, r, r) += alpha · M R_b`` for every block b, in place, with no temporaries; ``dst`` may be a strided
+    view, e.g. W's block diagonal."""
     half = M.shape[-1] // 2
     m1, m2 = M[:, :half], M[:, half:]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (n, 1, r/2)
-    # (each half is sliced only when it is updated: autograd's view tracking needs the fresh view)
-    left = torch.mul(m1, cos, out=dst[..., :half]) if fresh else dst[..., :half].addcmul_(m1, cos, value=alpha)
-    left.addcmul_(m2, sin, value=alpha)
-    right = torch.mul(m2, cos, out=dst[..., half:]) if fresh else dst[..., half:].addcmul_(m2, cos, value=alpha)
-    right.addcmul_(m1, sin, value=-alpha)
-    return dst
+    dst[..., :half].addcmul_(m1, cos, value=alpha).addcmul_(m2, sin, value=alpha)
+    dst[..., half:].addcmul_(m2, cos, value=alpha).addcmul_(m1, sin, value=-alpha)
 
 
 def _rotated_blocks_adjoint_(grad_blocks: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
