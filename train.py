@@ -90,6 +90,15 @@ def main(cfg: DictConfig) -> None:
     print(summary.one_line(), flush=True)
 
 
+def close_distributed() -> None:
+    """Destroy the process group a distributed launch (torchrun, deepspeed) set up, once every job of this process
+    is done: a gloo/NCCL group left to the interpreter's exit can abort it ("terminate called …")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
     # one-line pre-checks only for plain overrides (with -m at most); any other Hydra flag (--cfg, --help, -cn …)
@@ -98,4 +107,7 @@ if __name__ == "__main__":
         check_group_choices([a for a in argv if not a.startswith("hydra")])
         if not any(a in ("-m", "--multirun") for a in argv):
             check_composes(argv)
-    main()
+    try:
+        main()
+    finally:
+        close_distributed()

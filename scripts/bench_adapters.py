@@ -14,7 +14,7 @@ vector(s) in the forward pass and its two GEMMs in the backward pass — for the
 that reaches the output, ⌈min(d, n·r̂)/r̂⌉ of them — on inputs already laid out for the GEMM, plus writing the output
 (N × d) into the base's output and grad_x (N × k) into a new tensor, as a backward pass must.
 
-    python scripts/bench_adapters.py                      # full table (≈ 10 min on 2 cores)
+    python scripts/bench_adapters.py                      # full table (≈ 4 min on 2 cores)
     python scripts/bench_adapters.py --quick              # one shape, r = 8
     python scripts/bench_adapters.py --out results/bench/bench_adapters.md
 """
@@ -142,7 +142,7 @@ def merge_step(d: int, k: int, r: int, mora_type: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one shape (4096×4096) at r = 8, few repeats")
-    ap.add_argument("--repeats", type=int, default=11, help="interleaved rounds")
+    ap.add_argument("--repeats", type=int, default=31, help="interleaved rounds")
     ap.add_argument("--types", default=",".join(MORA_TYPES), help="comma-separated MoRA types")
     ap.add_argument("--ranks", default="8,256")
     ap.add_argument("--shapes", default=None, help="comma-separated d×k shapes, e.g. 4096x11008 (default: all three)")
