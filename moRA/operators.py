@@ -164,6 +164,7 @@ def _contiguous_sizes(total: int, r: int) -> tuple[int, int, int]:
 
 _SHORT_SUM = 6  # chunk counts up to this are summed by slice additions
 _SHORT_GROUP = 16  # group sizes up to this are summed by a batched GEMM with ones
+_SLICED_GROUP = 3  # group sizes up to this are summed / spread one strided slice per position in the group
 
 
 def _sum_chunks(v: torch.Tensor) -> torch.Tensor:
@@ -183,16 +184,36 @@ def _sum_chunks(v: torch.Tensor) -> torch.Tensor:
 def _sum_groups(v: torch.Tensor) -> torch.Tensor:
     """``v.sum(-1)`` for ``v: (..., g, size)`` (consecutive groups of a row). A reduction over a short innermost
     dimension does not vectorise; for short groups the sums are one batched GEMM with a vector of ones (each row's
-    ``g × size`` block is a BLAS matrix whatever the row stride), measured 5× faster at size 3."""
+    ``g × size`` block is a BLAS matrix whatever the row stride), measured 5× faster at size 3; groups of at most
+    three are summed faster still as strided slices (one long addition per position, measured 2× faster again)."""
     size = v.shape[-1]
+    if size == 0 or v.numel() == 0:  # (r̂ > k: groups of no feature)
+        return v.sum(-1)
     if size == 1:
         return v[..., 0].clone()
-    if size > _SHORT_GROUP or v.dtype not in (torch.float32, torch.float64) or v.numel() == 0:
+    if size <= _SLICED_GROUP:
+        acc = v[..., 0] + v[..., 1]
+        for i in range(2, size):
+            acc.add_(v[..., i])
+        return acc
+    if size > _SHORT_GROUP or v.dtype not in (torch.float32, torch.float64):
         return v.sum(-1)
     lead = v.shape[:-2]
     v3 = v.reshape(-1, *v.shape[-2:])
     ones = v.new_ones(1, size, 1).expand(v3.shape[0], size, 1)
     return torch.bmm(v3, ones).view(*lead, v.shape[-2])
+
+
+def _spread_groups_(dst: torch.Tensor, u: torch.Tensor, accumulate: bool) -> None:
+    """``dst[..., j] (+)= u`` for every position j of ``dst: (..., g, size)``, ``u: (..., g)``: a broadcast over the
+    short innermost dimension, or for groups of at most three one strided slice per position (measured faster)."""
+    if dst.shape[-1] <= _SLICED_GROUP:
+        for j in range(dst.shape[-1]):
+            dst[..., j].add_(u) if accumulate else dst[..., j].copy_(u)
+    elif accumulate:
+        dst.add_(u.unsqueeze(-1))
+    else:
+        dst.copy_(u.unsqueeze(-1))
 
 
 def compress_contiguous(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -246,9 +267,9 @@ def add_interleaved_(out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     d, r = out.shape[-1], u.shape[-1]
     p, s, split = _contiguous_sizes(d, r)
     if s:
-        out[..., :split].unflatten(-1, (s, p + 1)).add_(u[..., :s].unsqueeze(-1))
+        _spread_groups_(out[..., :split].unflatten(-1, (s, p + 1)), u[..., :s], accumulate=True)
     if p:
-        out[..., split:].unflatten(-1, (r - s, p)).add_(u[..., s:].unsqueeze(-1))
+        _spread_groups_(out[..., split:].unflatten(-1, (r - s, p)), u[..., s:], accumulate=True)
     return out
 
 
@@ -304,9 +325,9 @@ def expand_compressed(gc: torch.Tensor, k: int, mora_type: str) -> torch.Tensor:
         return gx
     if kind == "contiguous":  # repeat_interleave over the groups
         q, m, split = _contiguous_sizes(k, r)
-        gx[..., :split].unflatten(-1, (m, q + 1)).copy_(gc[..., :m, None])
+        _spread_groups_(gx[..., :split].unflatten(-1, (m, q + 1)), gc[..., :m], accumulate=False)
         if q:
-            gx[..., split:].unflatten(-1, (r - m, q)).copy_(gc[..., m:, None])
+            _spread_groups_(gx[..., split:].unflatten(-1, (r - m, q)), gc[..., m:], accumulate=False)
         return gx
     q, rem = divmod(k, r)
     if q == 0:  # r > k: position i of the single chunk reads x[i mod k], several times around

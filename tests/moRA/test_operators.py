@@ -53,6 +53,26 @@ def test_contiguous_groups_put_the_larger_groups_first():
     assert out.tolist() == [[1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]]
 
 
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 16, 17])  # every path: slices, GEMM with ones, reduction
+def test_group_sums_and_spreads_match_the_broadcast_forms(size):
+    v = torch.randn(5, 7, size, dtype=torch.float64)
+    torch.testing.assert_close(ops._sum_groups(v), v.sum(-1), rtol=1e-12, atol=1e-12)
+    u = torch.randn(5, 7, dtype=torch.float64)
+    added, copied = v.clone(), v.clone()
+    ops._spread_groups_(added, u, accumulate=True)
+    ops._spread_groups_(copied, u, accumulate=False)
+    torch.testing.assert_close(added, v + u[..., None], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(copied, u[..., None].expand_as(v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("d,r", [(12, 5), (35, 5), (40, 5)])  # 2, 7 and 8 tiles: slice additions and a broadcast
+def test_tiled_addition_matches_the_tiled_vector(d, r):
+    u = torch.randn(3, r, dtype=torch.float64)
+    out = torch.randn(3, d, dtype=torch.float64)
+    want = out + u.repeat(1, -(-d // r))[:, :d]
+    torch.testing.assert_close(ops.add_tiled_(out, u), want, rtol=1e-12, atol=1e-12)
+
+
 def test_rope_block_zero_is_unrotated_and_block_one_rotates_by_theta():
     r = 4
     M = torch.eye(r, dtype=torch.float64)
