@@ -404,6 +404,17 @@ def _wrap_segments(first: int, width: int, k: int) -> list[tuple[int, int, int]]
     return runs
 
 
+def _block_input_runs(x2: torch.Tensor, b: int, r: int) -> list[tuple[torch.Tensor, int, int]]:
+    """The input of block b of the wrap-padded ``x2 (N, k)`` as ``(features, t, length)``: a view of x per run of
+    consecutive features feeding block columns ``t … t + length`` (one run, or two when the block wraps once). When
+    r̂ > k the single block wraps around x more than once: its input is gathered instead (one copy, one GEMM)."""
+    k = x2.shape[-1]
+    runs = _wrap_segments(b * r, r, k)
+    if len(runs) > 2:
+        return [(x2[:, (b * r + torch.arange(r, device=x2.device)) % k], 0, r)]
+    return [(x2[:, feature : feature + length], t, length) for feature, t, length in runs]
+
+
 def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``(M R_b)`` for every block b, ``(n, r, r)``, from ``M: (r, r)`` and ``cos, sin: (n, r/2)`` (``rope_tables``).
 
@@ -483,8 +494,8 @@ class _BlockBranch(torch.autograd.Function):
         for b in range(full, n_out):  # a block cut by d and/or the one that wraps around x: a GEMM per run of x
             h = min(r, target.shape[-1] - b * r)
             dst = target[:, b * r : b * r + h]
-            for i, (feature, t, length) in enumerate(_wrap_segments(b * r, r, k)):
-                src, w_t = x2[:, feature : feature + length], blocks[b, :h, t : t + length].T
+            for i, (src, t, length) in enumerate(_block_input_runs(x2, b, r)):
+                w_t = blocks[b, :h, t : t + length].T
                 if tiled and i == 0:
                     torch.mm(src, w_t, out=dst)
                 else:
@@ -517,7 +528,12 @@ class _BlockBranch(torch.autograd.Function):
             written = full * r  # gx[:, :written] holds its gradient; the runs of the other blocks follow in order
             for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
-                for feature, t, length in _wrap_segments(b * r, r, k):
+                runs = _wrap_segments(b * r, r, k)
+                if len(runs) > 2:  # the single block wraps around x more than once: its gradient is scattered
+                    gx.zero_().index_add_(1, _wrap_index(r, k, gx.device), g[:, :h] @ blocks[0, :h])
+                    written = k
+                    break
+                for feature, t, length in runs:
                     src, w = g[:, b * r : b * r + h], blocks[b, :h, t : t + length]
                     if feature >= written:  # first gradient for these features: written, not added
                         gx[:, written:feature].zero_()  # (never wider than 0: the blocks' runs are in order)
@@ -534,9 +550,8 @@ class _BlockBranch(torch.autograd.Function):
                 torch.bmm(_block_view(g, full, r).transpose(1, 2), _block_view(x2, full, r), out=grad_blocks[:full])
             for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
-                for feature, t, length in _wrap_segments(b * r, r, k):
-                    torch.mm(g[:, b * r : b * r + h].T, x2[:, feature : feature + length],
-                             out=grad_blocks[b, :h, t : t + length])
+                for src, t, length in _block_input_runs(x2, b, r):
+                    torch.mm(g[:, b * r : b * r + h].T, src, out=grad_blocks[b, :h, t : t + length])
                 if h < r:  # rows of a block cut by d receive no gradient
                     grad_blocks[b, h:].zero_()
             grad_m = _rotated_blocks_adjoint_(grad_blocks, cos, sin) if cos is not None else grad_blocks.sum(0)
@@ -766,8 +781,13 @@ def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, table
 
 
 def _add_wrapped_columns_(band: torch.Tensor, block: torch.Tensor, first: int, k: int, alpha: float) -> None:
-    """``band[:, (first + t) mod k] += alpha · block[:, t]``: one slice addition per run of consecutive features."""
-    for feature, t, length in _wrap_segments(first, block.shape[-1], k):
+    """``band[:, (first + t) mod k] += alpha · block[:, t]``: one slice addition per run of consecutive features (at
+    most two), or one index_add when the block wraps around x more than once (r̂ > k)."""
+    runs = _wrap_segments(first, block.shape[-1], k)
+    if len(runs) > 2:
+        band.index_add_(1, (first + torch.arange(block.shape[-1], device=band.device)) % k, block, alpha=alpha)
+        return
+    for feature, t, length in runs:
         band[:, feature : feature + length].add_(block[:, t : t + length], alpha=alpha)
 
 
