@@ -181,27 +181,29 @@ def _sum_chunks(v: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def _sum_groups(v: torch.Tensor) -> torch.Tensor:
-    """``v.sum(-1)`` for ``v: (..., g, size)`` (consecutive groups of a row). A reduction over a short innermost
-    dimension does not vectorise; for short groups the sums are one batched GEMM with a vector of ones (each row's
-    ``g × size`` block is a BLAS matrix whatever the row stride), measured 5× faster at size 3; groups of at most
-    three are summed faster still as strided slices (one long addition per position, measured 2× faster again)."""
+def _sum_groups_into(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = v.sum(-1)`` for ``v: (..., g, size)`` (consecutive groups of a row), written into ``out: (..., g)``
+    (e.g. a slice of the compressed vector). A reduction over a short innermost dimension does not vectorise; for
+    short groups the sums are one batched GEMM with a vector of ones (each row's ``g × size`` block is a BLAS matrix
+    whatever the row stride), measured 5× faster at size 3; groups of at most three are summed faster still as strided
+    slices (one long addition per position, measured 2× faster again)."""
     size = v.shape[-1]
-    if size == 0 or v.numel() == 0:  # (r̂ > k: groups of no feature)
-        return v.sum(-1)
+    if out.numel() == 0:
+        return out
+    if size == 0:  # (r̂ > k: groups of no feature)
+        return out.zero_()
     if size == 1:
-        return v[..., 0].clone()
+        return out.copy_(v[..., 0])
     if size <= _SLICED_GROUP:
-        acc = v[..., 0] + v[..., 1]
+        torch.add(v[..., 0], v[..., 1], out=out)
         for i in range(2, size):
-            acc.add_(v[..., i])
-        return acc
+            out.add_(v[..., i])
+        return out
     if size > _SHORT_GROUP or v.dtype not in (torch.float32, torch.float64):
-        return v.sum(-1)
-    lead = v.shape[:-2]
+        return torch.sum(v, -1, out=out)
     v3 = v.reshape(-1, *v.shape[-2:])
     ones = v.new_ones(1, size, 1).expand(v3.shape[0], size, 1)
-    return torch.bmm(v3, ones).view(*lead, v.shape[-2])
+    return out.copy_(torch.bmm(v3, ones).view(out.shape))
 
 
 def _spread_groups_(dst: torch.Tensor, u: torch.Tensor, accumulate: bool) -> None:
@@ -219,9 +221,10 @@ def _spread_groups_(dst: torch.Tensor, u: torch.Tensor, accumulate: bool) -> Non
 def compress_contiguous(x: torch.Tensor, r: int) -> torch.Tensor:
     """Type 2/3 compression: r groups of consecutive features, each summed. ``x: (..., k) → (..., r)``."""
     q, m, split = _contiguous_sizes(x.shape[-1], r)
-    head = _sum_groups(x[..., :split].unflatten(-1, (m, q + 1)))
-    tail = _sum_groups(x[..., split:].unflatten(-1, (r - m, q)))
-    return torch.cat([head, tail], dim=-1)
+    c = x.new_empty(*x.shape[:-1], r)
+    _sum_groups_into(x[..., :split].unflatten(-1, (m, q + 1)), c[..., :m])
+    _sum_groups_into(x[..., split:].unflatten(-1, (r - m, q)), c[..., m:])
+    return c
 
 
 def compress_truncate(x: torch.Tensor, r: int) -> torch.Tensor:

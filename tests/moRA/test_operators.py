@@ -56,7 +56,9 @@ def test_contiguous_groups_put_the_larger_groups_first():
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 16, 17])  # every path: slices, GEMM with ones, reduction
 def test_group_sums_and_spreads_match_the_broadcast_forms(size):
     v = torch.randn(5, 7, size, dtype=torch.float64)
-    torch.testing.assert_close(ops._sum_groups(v), v.sum(-1), rtol=1e-12, atol=1e-12)
+    sums = torch.full((5, 7), float("nan"), dtype=torch.float64)  # written, not added to
+    torch.testing.assert_close(ops._sum_groups_into(v, sums), v.sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sums, v.sum(-1), rtol=1e-12, atol=1e-12)
     u = torch.randn(5, 7, dtype=torch.float64)
     added, copied = v.clone(), v.clone()
     ops._spread_groups_(added, u, accumulate=True)
