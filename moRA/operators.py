@@ -467,11 +467,13 @@ def _block_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
 
 
 class _BlockBranch(torch.autograd.Function):
-    """``out (…, d) += f_decomp(blockwise(x))`` for the block types, in place, one GEMM per output block.
+    """``out (…, d) += f_decomp(blockwise(x))`` for the block types, in place.
 
-    Each GEMM reads its input block as a strided view of x and writes straight into its columns of ``out`` (BLAS
-    leading dimensions do the layout), so no padded, rotated or re-laid-out copy of x or of the output is made;
-    only the block that wraps around x is gathered. The rotated blocks ``M R_b`` are formed inside (one buffer) and
+    The whole blocks are one batched GEMM that reads strided views of x and writes straight into its columns of
+    ``out`` (BLAS leading dimensions do the layout); the block that wraps around x or is cut by d is one GEMM per run
+    of consecutive features of x. So no padded, rotated or re-laid-out copy of x or of the output is made (only a
+    block that wraps around x more than once, r̂ > k, is gathered). When d > n·r̂ the block outputs go into one
+    buffer that is tiled into ``out``, and the output's gradient is folded back onto it. The rotated blocks ``M R_b`` are formed inside (one buffer) and
     formed again in the backward pass instead of being kept (they are n_out·r̂² numbers per layer); the backward
     pass writes grad_x block by block the same way and maps the blocks' gradient back onto M by the adjoint of the
     rotation. ``cos``/``sin``: ``(n_out, r/2)`` for rope, ``None`` for decouple (every block is M).
