@@ -3,8 +3,8 @@ operator's compute floor, on LLaMA-2-7B projection shapes, plus the merge time p
 
 Everything is measured in this one process, on the CPU, fp32, 1024 tokens. The frozen base matmul is stubbed on
 both sides (its output is a buffer that the stub keeps and returns as it is, so that neither the base's output
-allocation nor its writing is charged to the adapter), so the table compares the adapter branches alone — the base matmul costs 5–10× more and would hide
-them. The input requires grad, as inside a network, so the backward pass writes grad_x. Every candidate of a shape
+allocation nor its writing is charged to the adapter), so the table compares the adapter branches alone — the
+base matmul costs 5–10× more and would hide them. The input requires grad, as inside a network, so the backward pass writes grad_x. Every candidate of a shape
 and r (PEFT LoRA, each MoRA type, each floor) runs once per round, in a rotating order; the table shows the best
 round's time and, as ratios, the median over rounds of the ratio within a round (a shared machine drifts, and both
 sides of a ratio then see the same phase).
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import peft
@@ -35,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import moRA  # noqa: E402
 from moRA import MORA_TYPES, MoraConfig, MoraLayer, mora_rank  # noqa: E402
 from moRA.operators import num_output_blocks  # noqa: E402
+from scripts.interleaved_timing import interleaved_min, interleaved_rounds, paired_ratio  # noqa: E402,F401
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (d = out, k = in): q/o, gate/up, down
 TOKENS = 1024
@@ -72,33 +71,6 @@ def adapted_layer(d: int, k: int, method: str, r: int, mora_type: str | None = N
             leaf = name.rsplit(".", 1)[1]
             owner.register_parameter(leaf, nn.Parameter(torch.randn(p.shape) * 0.01))
     return layer
-
-
-def interleaved_rounds(steps: dict, rounds: int, warmup: int = 2) -> dict:
-    """Times (s) of each step in ``rounds`` rounds in which every step runs once, in a rotating order:
-    ``{name: [t_round0, t_round1, …]}``. Steps of one round run back to back, so they share the machine's state."""
-    names = list(steps)
-    for name in names:
-        for _ in range(warmup):
-            steps[name]()
-    times = {name: [0.0] * rounds for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name][i] = time.perf_counter() - t0
-    return times
-
-
-def interleaved_min(steps: dict, rounds: int, warmup: int = 2) -> dict:
-    """Best time (s) of each step over interleaved rounds: on a shared machine the noise only ever adds time."""
-    return {name: min(ts) for name, ts in interleaved_rounds(steps, rounds, warmup).items()}
-
-
-def paired_ratio(times: dict, name: str, reference: str) -> float:
-    """Median over rounds of ``time(name) / time(reference)`` within the same round: slow phases of the machine hit
-    both sides of a ratio alike, which the ratio of two separate minima does not guarantee."""
-    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
 
 
 def fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor):

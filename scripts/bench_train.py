@@ -28,6 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+from scripts.interleaved_timing import interleaved_min  # noqa: E402
 
 METHODS = [("lora", None), ("mora", "sharing"), ("mora", "rope")]
 DEFAULT_RANKS = {"tiny": [8], "llama_250m": [8, 128]}  # r = 8: the paper's RoPE regime; r = 128: its pretraining rank
@@ -98,20 +99,9 @@ def measure_throughput(specs: list[dict]) -> list[dict]:
     """Tokens/s of every spec, built side by side in this process and timed one step at a time in interleaved
     rounds (rotating order), best step kept: on a shared machine the noise only adds time, and every configuration
     sees the same conditions."""
-    steps = [build(spec)[0] for spec in specs]
-    for step in steps:
-        for _ in range(specs[0]["warmup"]):
-            step()
-    best = [float("inf")] * len(specs)
-    rounds = specs[0]["steps"]
-    for i in range(rounds):
-        order = list(range(len(specs)))
-        order = order[i % len(order):] + order[: i % len(order)]
-        for j in order:
-            start = time.perf_counter()
-            steps[j]()
-            best[j] = min(best[j], time.perf_counter() - start)
-    return [{"tokens_per_s": spec["batch"] * spec["seq"] / t, "step_s": t} for spec, t in zip(specs, best)]
+    steps = {i: build(spec)[0] for i, spec in enumerate(specs)}
+    best = interleaved_min(steps, rounds=specs[0]["steps"], warmup=specs[0]["warmup"])
+    return [{"tokens_per_s": spec["batch"] * spec["seq"] / best[i], "step_s": best[i]} for i, spec in enumerate(specs)]
 
 
 def run_in_subprocess(mode: str, payload) -> dict | list:
