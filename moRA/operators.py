@@ -136,8 +136,9 @@ def mora_param_count(d: int, k: int, r: int, mora_type: str | int = "sharing") -
 # --------------------------------------------------------------------------------------------------------------
 # Compression: (..., k) -> (..., r)
 # --------------------------------------------------------------------------------------------------------------
-def _wrap_index(length: int, k: int, device) -> torch.Tensor:
-    return torch.arange(length, device=device) % k
+def _wrap_index(length: int, k: int, device, first: int = 0) -> torch.Tensor:
+    """Features ``(first + t) mod k`` of x for ``t < length`` (positions of the wrap-padded x)."""
+    return (first + torch.arange(length, device=device)) % k
 
 
 def compress_strided(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -414,7 +415,7 @@ def _block_input_runs(x2: torch.Tensor, b: int, r: int) -> list[tuple[torch.Tens
     k = x2.shape[-1]
     runs = _wrap_segments(b * r, r, k)
     if len(runs) > 2:
-        return [(x2[:, (b * r + torch.arange(r, device=x2.device)) % k], 0, r)]
+        return [(x2[:, _wrap_index(r, k, x2.device, first=b * r)], 0, r)]
     return [(x2[:, feature : feature + length], t, length) for feature, t, length in runs]
 
 
@@ -428,6 +429,12 @@ def rotated_blocks(M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
     swapped = torch.cat([M[:, half:], -M[:, :half]], dim=1)
     blocks = M * torch.cat([cos, cos], dim=-1).unsqueeze(1)
     return blocks.addcmul_(swapped, torch.cat([sin, sin], dim=-1).unsqueeze(1))
+
+
+def _block_maps(M: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The maps of the first n blocks, ``(n, r, r)``: ``M R_b`` for rope (``cos``/``sin`` of those blocks), M itself
+    for decouple (``cos`` None; an expanded view, no copy)."""
+    return rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n, -1, -1)
 
 
 def _add_rotated_(dst: torch.Tensor, M: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, alpha: float) -> None:
@@ -470,20 +477,21 @@ class _BlockBranch(torch.autograd.Function):
     """``out (…, d) += f_decomp(blockwise(x))`` for the block types, in place.
 
     The whole blocks are one batched GEMM that reads strided views of x and writes straight into its columns of
-    ``out`` (BLAS leading dimensions do the layout); the block that wraps around x or is cut by d is one GEMM per run
-    of consecutive features of x. So no padded, rotated or re-laid-out copy of x or of the output is made (only a
-    block that wraps around x more than once, r̂ > k, is gathered). When d > n·r̂ the block outputs go into one
-    buffer that is tiled into ``out``, and the output's gradient is folded back onto it. The rotated blocks ``M R_b`` are formed inside (one buffer) and
-    formed again in the backward pass instead of being kept (they are n_out·r̂² numbers per layer); the backward
-    pass writes grad_x block by block the same way and maps the blocks' gradient back onto M by the adjoint of the
-    rotation. ``cos``/``sin``: ``(n_out, r/2)`` for rope, ``None`` for decouple (every block is M).
+    ``out`` (BLAS leading dimensions do the layout); the block that wraps around x or is cut by d is one GEMM per
+    run of consecutive features of x. So no padded, rotated or re-laid-out copy of x or of the output is made (only
+    a block that wraps around x more than once, r̂ > k, is gathered). When d > n·r̂ the block outputs go into one
+    buffer that is tiled into ``out``, and the output's gradient is folded back onto it. The rotated blocks ``M
+    R_b`` are formed inside (one buffer) and formed again in the backward pass instead of being kept (they are
+    n_out·r̂² numbers per layer); the backward pass writes grad_x block by block the same way and maps the blocks'
+    gradient back onto M by the adjoint of the rotation. ``cos``/``sin``: ``(n_out, r/2)`` for rope, ``None`` for
+    decouple (every block is M).
     """
 
     @staticmethod
     def forward(ctx, out, x, M, cos, sin, n_out):
         d, k = out.shape[-1], x.shape[-1]
         r = M.shape[-1]
-        blocks = rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
+        blocks = _block_maps(M, cos, sin, n_out)
         width = num_blocks(k, r) * r
         out2, x2 = out.view(-1, d), x.reshape(-1, k)
         tiled = d > width
@@ -516,7 +524,7 @@ class _BlockBranch(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, M, cos, sin = ctx.saved_tensors
         n_out, r = ctx.n_out, M.shape[-1]
-        blocks = rotated_blocks(M, cos, sin) if cos is not None else M.unsqueeze(0).expand(n_out, -1, -1)
+        blocks = _block_maps(M, cos, sin, n_out)
         d, k = grad_out.shape[-1], x.shape[-1]
         width = num_blocks(k, r) * r
         g = grad_out.reshape(-1, d)
@@ -534,8 +542,9 @@ class _BlockBranch(torch.autograd.Function):
             for b in range(full, n_out):
                 h = min(r, g.shape[-1] - b * r)
                 runs = _wrap_segments(b * r, r, k)
-                if len(runs) > 2:  # the single block wraps around x more than once: its gradient is scattered
-                    gx.zero_().index_add_(1, _wrap_index(r, k, gx.device), g[:, :h] @ blocks[0, :h])
+                if len(runs) > 2:  # r̂ > 2k: the only block wraps around x repeatedly; its gradient is scattered
+                    gx.zero_().index_add_(1, _wrap_index(r, k, gx.device, first=b * r),
+                                          g[:, b * r : b * r + h] @ blocks[b, :h])
                     written = k
                     break
                 for feature, t, length in runs:
@@ -743,11 +752,11 @@ def add_delta_weight_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: 
 
 def _block_range(M: torch.Tensor, mora_type: str, b0: int, b1: int, tables: torch.Tensor | None) -> torch.Tensor:
     """The maps of blocks ``b0 ≤ b < b1`` of a block type: ``(b1 − b0, r, r)``."""
-    if mora_type == "rope":
-        if tables is None or tables.shape[1] < b1:
-            tables = rope_tables(b1, M.shape[-1], M.device, M.dtype)
-        return rotated_blocks(M, *tables[:, b0:b1].to(M.dtype))
-    return M.unsqueeze(0).expand(b1 - b0, -1, -1)
+    if mora_type != "rope":
+        return _block_maps(M, None, None, b1 - b0)
+    if tables is None or tables.shape[1] < b1:
+        tables = rope_tables(b1, M.shape[-1], M.device, M.dtype)
+    return _block_maps(M, *tables[:, b0:b1].to(M.dtype), b1 - b0)
 
 
 def _add_block_diagonal_(W: torch.Tensor, M: torch.Tensor, mora_type: str, tables: torch.Tensor | None, k: int,
@@ -790,7 +799,7 @@ def _add_wrapped_columns_(band: torch.Tensor, block: torch.Tensor, first: int, k
     most two), or one index_add when the block wraps around x more than once (r̂ > k)."""
     runs = _wrap_segments(first, block.shape[-1], k)
     if len(runs) > 2:
-        band.index_add_(1, (first + torch.arange(block.shape[-1], device=band.device)) % k, block, alpha=alpha)
+        band.index_add_(1, _wrap_index(block.shape[-1], k, band.device, first=first), block, alpha=alpha)
         return
     for feature, t, length in runs:
         band[:, feature : feature + length].add_(block[:, t : t + length], alpha=alpha)
