@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import moRA  # noqa: E402
 from moRA import MORA_TYPES, MoraConfig, MoraLayer, mora_rank  # noqa: E402
 from moRA.operators import num_output_blocks  # noqa: E402
-from scripts.interleaved_timing import interleaved_min, interleaved_rounds, paired_ratio  # noqa: E402,F401
+from scripts.interleaved_timing import interleaved_min, interleaved_rounds, paired_ratio  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (d = out, k = in): q/o, gate/up, down
 TOKENS = 1024

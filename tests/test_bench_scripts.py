@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from scripts import bench_adapters, bench_train
+from scripts import bench_adapters, bench_train, interleaved_timing
 
 
 def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
     calls = []
     steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = bench_adapters.interleaved_rounds(steps, rounds=3, warmup=1)
+    times = interleaved_timing.interleaved_rounds(steps, rounds=3, warmup=1)
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
@@ -19,8 +19,8 @@ def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
 
 def test_paired_ratio_is_the_median_of_the_per_round_ratios():
     times = {"x": [2.0, 30.0, 4.0], "ref": [1.0, 10.0, 1.0]}  # a slow round hits both sides
-    assert bench_adapters.paired_ratio(times, "x", "ref") == 3.0
-    assert bench_adapters.interleaved_min({"s": lambda: None}, rounds=2, warmup=0)["s"] >= 0
+    assert interleaved_timing.paired_ratio(times, "x", "ref") == 3.0
+    assert interleaved_timing.interleaved_min({"s": lambda: None}, rounds=2, warmup=0)["s"] >= 0
 
 
 def test_stubbed_layers_compute_the_real_adapter_branch_and_keep_no_autograd_history():
