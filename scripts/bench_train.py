@@ -2,11 +2,12 @@
 
     python scripts/bench_train.py                      # model=tiny (r=8) and model=llama_250m (r=8 and 128, byte ids)
     python scripts/bench_train.py --models tiny --steps 10
+    python scripts/bench_train.py --device cuda --dtype bf16 --models llama_250m --out results/bench/gpu_train_bf16.md
 
 Memory: each configuration runs in a fresh process (so that the peak resident memory belongs to that configuration
 alone): build the model (``runner.models``), put the adapter on (``runner.adapters.apply_adapter``, the same code as
 ``train.py``), run ``--warmup + --steps`` AdamW steps on random byte sequences; reported: the peak resident memory
-(``ru_maxrss``; on GPU ``torch.cuda.max_memory_allocated``) and its growth during training (peak minus the peak after
+(``ru_maxrss``; with ``--device cuda`` ``torch.cuda.max_memory_allocated``) and its growth during training (peak minus the peak after
 building: gradients, optimizer state, activations). Tokens/s: the three configurations of a (model, r) are built side
 by side in one more process and timed one step at a time in ``--steps`` interleaved rounds (rotating order); the best
 step of each is kept, since on a shared CPU the noise only adds time and interleaving exposes every configuration to
@@ -36,19 +37,38 @@ DEFAULT_SHAPE = {"tiny": (32, 64), "llama_250m": (4, 64)}  # (batch, sequence le
 
 
 # ----------------------------------------------------------------------------------------------- one measurement
-def peak_memory_mb() -> float:
+DTYPES = ("fp32", "bf16")  # bf16: autocast, fp32 weights, as train.py's trainer.precision=bf16 (Trainer bf16=True)
+
+
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak memory so far: on CUDA the most the caching allocator handed out on that device; on CPU the process's
+    peak resident set."""
     import resource
 
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_device(device: str) -> str:
+    """``device`` if this process can use it, else ``SystemExit`` with one line."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {device!r} is neither cpu nor cuda[:N]")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device} but torch.cuda.is_available() is false")
+    return device
 
 
 def build(spec: dict):
     """``(step, info, device)`` for ``spec``: the model (``runner.models``) with the adapter (``apply_adapter``, the
-    same code as ``train.py``), AdamW, a fixed batch of random byte ids, and one training step as a function."""
+    same code as ``train.py``) on ``spec["device"]``, AdamW, a fixed batch of random byte ids, and one training step
+    (under bf16 autocast when ``spec["dtype"] == "bf16"``) as a function that returns when the step is done (on CUDA
+    it synchronises)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -59,7 +79,7 @@ def build(spec: dict):
     model_cfg = load_model_config(spec["model"])
     if spec["model"] != "tiny":
         model_cfg["tokenizer"] = "byte"  # offline: the architecture with byte ids (< 259) as inputs
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(spec.get("device", "cpu"))
     model, _ = build_model(model_cfg, seed=0, device=device)
     adapter_cfg = OmegaConf.to_container(OmegaConf.merge(
         {"r": spec["r"]}, {"adapter": OmegaConf.load(REPO_ROOT / "configs" / "adapter" / f"{spec['method']}.yaml")}),
@@ -72,24 +92,30 @@ def build(spec: dict):
     generator = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 256, (spec["batch"], spec["seq"]), generator=generator).to(device)
 
+    device_type = torch.device(device).type
+    autocast = spec.get("dtype", "fp32") == "bf16"
+
     def step():
-        loss = model(input_ids=batch, labels=batch).loss
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device_type == "cuda":
+            torch.cuda.synchronize(device)
+        step.last_loss = float(loss.detach())
 
+    step.model = model  # for tests: what was built, where
     return step, info, device
 
 
 def measure_memory(spec: dict) -> dict:
     """Peak memory of ``spec`` alone (this process): after building and after ``warmup + steps`` steps."""
     step, info, device = build(spec)
-    memory_built = peak_memory_mb()
+    memory_built = peak_memory_mb(device)
     for _ in range(spec["warmup"] + spec["steps"]):
         step()
-    peak = peak_memory_mb()
+    peak = peak_memory_mb(device)
     return {**spec, "trainable": info["trainable"], "lora_equivalent": info["lora_equivalent"],
             "resolved_type": info["mora_type"], "peak_mb": peak, "growth_mb": peak - memory_built,
             "device": device}
@@ -105,7 +131,9 @@ def measure_throughput(specs: list[dict]) -> list[dict]:
 
 
 def run_in_subprocess(mode: str, payload) -> dict | list:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # the repository first, then whatever PYTHONPATH already held (e.g. carried wheels on a bare GPU machine)
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, __file__, mode, json.dumps(payload)], capture_output=True, text=True,
                           env=env, cwd=REPO_ROOT)
     lines = [l for l in proc.stdout.splitlines() if l.startswith(("{", "["))]
@@ -113,6 +141,18 @@ def run_in_subprocess(mode: str, payload) -> dict | list:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"error: measurement {mode} failed: {tail}")
     return json.loads(lines[-1])
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else device
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 # ---------------------------------------------------------------------------------------------------------- table
@@ -145,6 +185,9 @@ def main(argv=None) -> None:
                         help="timed steps = interleaved rounds (default: tiny 30, others 6)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per measurement")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=DTYPES,
+                        help="fp32, or bf16 autocast with fp32 weights (train.py's trainer.precision=bf16)")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "bench" / "bench_train.md"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--interleaved", help=argparse.SUPPRESS)
@@ -156,13 +199,15 @@ def main(argv=None) -> None:
         print(json.dumps(measure_throughput(json.loads(args.interleaved))), flush=True)
         return
 
+    check_device(args.device)
     start = time.time()
     rows = []
     for model, rank in [(m, r) for m in args.models for r in (args.r or DEFAULT_RANKS.get(m, [8]))]:
         batch, seq = DEFAULT_SHAPE.get(model, (4, 64))
         specs = [{"model": model, "method": m, "mora_type": t, "r": rank,
                   "batch": args.batch or batch, "seq": args.seq or seq, "warmup": args.warmup,
-                  "steps": args.steps or (30 if model == "tiny" else 6), "threads": args.threads} for m, t in METHODS]
+                  "steps": args.steps or (30 if model == "tiny" else 6), "threads": args.threads,
+                  "device": args.device, "dtype": args.dtype} for m, t in METHODS]
         group = [run_in_subprocess("--one", spec) for spec in specs]  # memory: each configuration alone
         for row, speed in zip(group, run_in_subprocess("--interleaved", specs)):
             row.update(speed)
@@ -177,7 +222,8 @@ def main(argv=None) -> None:
     report = (f"# Training-step benchmark: LoRA vs MoRA at equal r\n\n"
               f"Measured by `python scripts/bench_train.py {' '.join(sys.argv[1:])}`".rstrip() + f" on "
               f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()} "
-              f"{os.cpu_count()} CPUs, device {rows[0]['device']}, {args.threads} torch thread(s) per measurement; "
+              f"{os.cpu_count()} CPUs, device {device_name(args.device)}, {args.dtype}, torch {torch_version()}, "
+              f"MORA_KERNELS={os.environ.get('MORA_KERNELS', 'unset')}, {args.threads} torch thread(s) per measurement; "
               f"{settings}. AdamW on random byte sequences. tokens/s: the best step of each configuration, the three "
               f"configurations of a (model, r) timed step by step in interleaved rounds in one process; peak: the "
               f"peak resident memory (GPU: max allocated) of a process running that configuration alone; growth: "

@@ -2,6 +2,8 @@
 layer, the floor, and bench_train's one-process interleaving — on shapes small enough for a test."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from scripts import bench_adapters, bench_train, interleaved_timing
@@ -15,6 +17,14 @@ def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
     assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {name: len(ts) for name, ts in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(t >= 0 for ts in times.values() for t in ts)
+
+
+def test_interleaved_rounds_synchronise_before_and_after_every_timed_step():
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    interleaved_timing.interleaved_rounds(steps, rounds=2, warmup=0, sync=lambda: calls.append("sync"))
+    assert calls == ["sync", "a", "sync", "sync", "b", "sync", "sync", "b", "sync", "sync", "a", "sync"]
+    assert interleaved_timing.device_synchronizer("cpu") is None  # CPU work is done when the call returns
 
 
 def test_paired_ratio_is_the_median_of_the_per_round_ratios():
@@ -49,9 +59,72 @@ def test_stubbed_layers_compute_the_real_adapter_branch_and_keep_no_autograd_his
             torch.testing.assert_close(buffer, before + 2 * first, rtol=1e-5, atol=1e-5)
 
 
-def test_floor_and_merge_steps_run():
-    bench_adapters.floor_step(16, 24, 8, 2)()
-    bench_adapters.merge_step(16, 24, 2, "rope")()
+def test_floor_step_computes_on_the_requested_device_and_dtype_and_writes_both_outputs():
+    step = bench_adapters.floor_step(16, 24, 8, 2, device="cpu", dtype=torch.bfloat16, tokens=5)
+    xb, w, gz, out = step.operands
+    assert [tuple(t.shape) for t in (xb, w, gz, out)] == [(2, 5, 8), (2, 8, 8), (2, 5, 8), (5, 16)]
+    assert {t.dtype for t in step.operands} == {torch.bfloat16} and {t.device.type for t in step.operands} == {"cpu"}
+    step()
+    assert bool((out == 1).all())  # the output write happened
+
+
+def test_merge_step_adds_delta_w_into_the_half_precision_base_and_rounds_once():
+    from moRA import delta_weight
+
+    step = bench_adapters.merge_step(16, 24, 2, "rope", dtype=torch.bfloat16)
+    layer = step.layer
+    weight = layer.get_base_layer().weight
+    before = weight.detach().clone()
+    M = layer.mora_M["default"]
+    assert weight.dtype == torch.bfloat16 and M.dtype == torch.float32  # M stays fp32 over a bf16 base
+    step()
+    assert layer.merged_adapters == []  # the step undoes its bookkeeping so that it can run again
+    want = (before.float() + delta_weight(M.detach(), 16, 24, "rope")).to(torch.bfloat16)
+    assert torch.equal(weight.detach(), want)
+    assert not torch.equal(weight.detach(), before)
+
+
+def test_bench_adapters_cli_on_cpu_in_bf16_writes_a_row_per_candidate(tmp_path):
+    out = tmp_path / "table.md"
+    assert bench_adapters.main(["--device", "cpu", "--dtype", "bf16", "--shapes", "16x24", "--ranks", "2",
+                                "--types", "sharing,rope", "--repeats", "2", "--tokens", "4", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "4 tokens, bf16, CPU" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 16×24 | 2 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["PEFT LoRA", "MoRA sharing", "MoRA rope"]
+    for row in rows[1:]:  # fwd+bwd ms, × LoRA, floor ms, × floor: all measured, positive numbers
+        assert all(float(cell) > 0 for cell in row.split("|")[5:9])
+
+
+def test_bench_scripts_refuse_cuda_without_cuda_in_one_line(capsys):
+    if torch.cuda.is_available():
+        return  # the refusal is for machines without CUDA; on a GPU machine the flags are exercised in tests/gpu/
+    for run in (lambda: bench_adapters.main(["--device", "cuda", "--quick"]),
+                lambda: bench_train.main(["--device", "cuda", "--models", "tiny"])):
+        try:
+            run()
+        except SystemExit as exit_:
+            assert str(exit_.code).startswith("error: --device cuda") and "\n" not in str(exit_.code)
+        else:
+            raise AssertionError("--device cuda without CUDA was accepted")
+
+
+def test_bench_train_builds_on_the_device_and_steps_under_bf16_autocast():
+    spec = {"model": "tiny", "method": "mora", "mora_type": "sharing", "r": 4, "batch": 2, "seq": 8, "warmup": 0,
+            "steps": 1, "threads": 1, "device": "cpu", "dtype": "bf16"}
+    step, info, device = bench_train.build(spec)
+    model = step.model
+    assert device == "cpu" and {p.device.type for p in model.parameters()} == {"cpu"}
+    M = [p for name, p in model.named_parameters() if "mora_M" in name]
+    assert M and all(p.dtype == torch.float32 for p in M)  # autocast: the weights stay fp32
+    before = [p.detach().clone() for p in M]
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    step()
+    hook.remove()
+    assert seen == [torch.bfloat16]  # the forward pass ran under bf16 autocast
+    assert math.isfinite(step.last_loss)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, M))  # the optimizer step moved M
 
 
 def test_bench_train_interleaves_configurations_in_one_process():
