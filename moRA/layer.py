@@ -101,8 +101,10 @@ class MoraLayer(BaseTunerLayer):
     def get_delta_weight(self, adapter_name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """ΔW in the base weight's layout (``(d, k)``; ``(k, d)`` for fan_in_fan_out), computed in M's precision
         and returned in ``dtype`` (default: the base weight's dtype)."""
-        M = self.mora_M[adapter_name]
-        delta = delta_weight(M.detach(), self.out_features, self.in_features, self.mora_type[adapter_name],
+        M = self.mora_M[adapter_name].detach()
+        if hasattr(M, "full_tensor"):  # FSDP2 shards M as a DTensor; ΔW needs all of it (gathered on every rank)
+            M = M.full_tensor()
+        delta = delta_weight(M, self.out_features, self.in_features, self.mora_type[adapter_name],
                              self._rope_tables(adapter_name))
         if self.fan_in_fan_out:
             delta = delta.T

@@ -274,6 +274,10 @@ def merge_and_reinit_layer(layer: AdaptedLayer, *, next_mora_type: str | None = 
     to_gather = [base.weight] + ([base.bias] if getattr(base, "bias", None) is not None else []) + adapter_params
     with _gathered(to_gather):
         delta = m.get_delta_weight(a)  # (d, k) in the base weight's layout
+        if hasattr(base.weight, "device_mesh"):  # FSDP2: W is a DTensor; each rank adds ΔW's part of its shard
+            from torch.distributed.tensor import distribute_tensor
+
+            delta = distribute_tensor(delta, base.weight.device_mesh, base.weight.placements)
         base.weight.data += delta.to(base.weight.dtype)
         if layer.kind == "mora":
             M = m.mora_M[a]
