@@ -1,12 +1,16 @@
 """The benchmark scripts' measuring machinery (not their timings): interleaved rounds, paired ratios, the stub base
-layer, the floor, and bench_train's one-process interleaving — on shapes small enough for a test."""
+layer, the floor, bench_train's one-process interleaving, the --device/--dtype flags (on the CPU here), and the prepared
+GPU check (its --dry-run and its goal verdicts) — on shapes small enough for a test."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import torch
 
-from scripts import bench_adapters, bench_train, interleaved_timing
+from scripts import bench_adapters, bench_train, gpu_goals, interleaved_timing
 
 
 def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
@@ -134,3 +138,83 @@ def test_bench_train_interleaves_configurations_in_one_process():
     assert len(rows) == 3 and all(row["tokens_per_s"] > 0 and row["step_s"] > 0 for row in rows)
     memory = bench_train.measure_memory(specs[2])
     assert memory["resolved_type"] == "rope" and memory["trainable"] > 0 and memory["peak_mb"] > 0
+
+
+# ------------------------------------------------------------------------------------------- the prepared GPU check
+GPU_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+GPU_STEPS = ["env", "tests_fp32", "tests_bf16", "fsdp", "library", "adapters", "train", "goals"]
+
+
+def dry_run(script: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script), "--dry-run", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_gpu_check_dry_run_prints_every_step_within_eight_minutes_and_writes_nothing(tmp_path):
+    out = tmp_path / "bench"
+    proc = dry_run(GPU_CHECK, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("[dry-run] ") and "(≤" in line]
+    assert steps == GPU_STEPS
+    text = proc.stdout
+    assert "MORA_TEST_DEVICE=cuda MORA_TEST_DTYPE=fp32" in text and "MORA_TEST_DEVICE=cuda MORA_TEST_DTYPE=bf16" in text
+    assert "bench_adapters.py --device cuda --dtype bf16 --ranks 8,256" in text
+    assert "bench_train.py --device cuda --dtype bf16 --models llama_250m" in text
+    assert f"{out}/gpu_adapters_bf16.md" in text and f"{out}/gpu_train_bf16.md" in text
+    total = int(text.split("add up to at most ")[1].split()[0])
+    assert total <= 480  # ≤ 8 minutes on the GPU machine, every step at its limit
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_gpu_check_benchmarks_each_kernel_form_when_the_library_reads_MORA_KERNELS(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(GPU_CHECK, tmp_path / "scripts" / "gpu_check.sh")
+    (tmp_path / "moRA").mkdir()
+    (tmp_path / "moRA" / "kernels.py").write_text('CHOICE = os.environ.get("MORA_KERNELS", "auto")\n')
+    proc = dry_run(tmp_path / "scripts" / "gpu_check.sh")
+    assert proc.returncode == 0, proc.stderr
+    adapters = [line for line in proc.stdout.splitlines() if "bench_adapters.py" in line]
+    assert [line.split("MORA_KERNELS=")[1].split()[0] for line in adapters] == ["auto", "fast", "plain"]
+    assert [line.split("--out ")[1] for line in adapters] == [
+        f"{tmp_path}/results/bench/gpu_adapters_bf16{suffix}.md" for suffix in ("", "_fast", "_plain")]
+    assert int(proc.stdout.split("add up to at most ")[1].split()[0]) <= 480
+
+
+def test_gpu_check_rejects_an_unknown_argument_in_one_line():
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--gpu"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown argument --gpu (see --help)"
+
+
+def train_table(ratio: float) -> str:
+    rows = [{"model": "llama_250m", "r": 8, "method": m, "mora_type": t, "trainable": 1000,
+             "tokens_per_s": 1000.0 * (1.0 if m == "lora" else ratio), "peak_mb": 100.0, "growth_mb": 10.0}
+            for m, t in bench_train.METHODS]
+    return bench_train.table(rows)
+
+
+def test_gpu_goals_read_the_tables_the_benchmarks_write(tmp_path):
+    adapters = tmp_path / "adapters.md"
+    assert bench_adapters.main(["--shapes", "16x24", "--ranks", "2", "--types", "sharing,rope", "--repeats", "2",
+                                "--tokens", "4", "--out", str(adapters)]) == 0
+    branch = {row.split("|")[3].strip(): row.split("|") for row in adapters.read_text().splitlines()
+              if row.startswith("| 16×24 |")}
+    sharing_ratio, rope_floor_ratio = float(branch["MoRA sharing"][6]), float(branch["MoRA rope"][8])
+    for ratio, met in ((0.96, "yes"), (0.90, "**no**")):
+        train = tmp_path / "train.md"
+        train.write_text(train_table(ratio))
+        summary = tmp_path / "summary.md"
+        summary.write_text("# GPU check\n")
+        assert gpu_goals.main(["--adapters", str(adapters), "--train", str(train), "--summary", str(summary)]) == 0
+        verdicts = {line.split("|")[1].strip(): line.split("|")[2:4] for line in summary.read_text().splitlines()
+                    if line.startswith("| ") and "goal" not in line and "---" not in line}
+        assert verdicts["training tokens/s ≥ 0.95 × LoRA (bf16)"][1].strip() == met
+        assert verdicts["training tokens/s ≥ 0.95 × LoRA (bf16)"][0].strip().startswith(f"worst {ratio:.2f}")
+        sharing = verdicts["sharing ≤ 1.0 × PEFT LoRA (every shape, r)"]
+        assert sharing[0].strip().startswith(f"worst {sharing_ratio:.2f}")
+        assert sharing[1].strip() == ("yes" if sharing_ratio <= 1.0 else "**no**")
+        rope = verdicts["rope ≤ 1.25 × its floor (every shape, r)"]
+        assert rope[1].strip() == ("yes" if rope_floor_ratio <= 1.25 else "**no**")
+
+
+def test_gpu_goals_name_a_missing_table_in_one_line(tmp_path, capsys):
+    assert gpu_goals.main(["--adapters", str(tmp_path / "none.md"), "--train", str(tmp_path / "none.md")]) == 1
+    assert capsys.readouterr().out.strip() == f"error: {tmp_path / 'none.md'} does not exist (its benchmark step failed?)"

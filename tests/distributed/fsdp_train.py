@@ -6,7 +6,7 @@ it (ReMoRA's restart) under FSDP; rank 0 writes what a test compares with a one-
     torchrun --nproc_per_node N tests/distributed/fsdp_train.py --train-py OUT_DIR <train.py overrides…>
 
 Each rank trains on its half of a fixed global batch (every sequence the same length, so FSDP's averaged gradient
-is the one-process gradient of the whole batch). CPU: gloo; CUDA: nccl. Writes (rank 0):
+is the one-process gradient of the whole batch). On the CPU with gloo (the proof that runs everywhere). Writes (rank 0):
 
 - ``OUT_DIR/shards.json``: per rank, the placement and the local shape of one M (FSDP shards M along dim 0);
 - ``OUT_DIR/adapter/``: the adapter, saved with PEFT from the full (gathered) state dict;
@@ -14,7 +14,8 @@ is the one-process gradient of the whole batch). CPU: gloo; CUDA: nccl. Writes (
 
 ``--trainer``: the same training through ``transformers.Trainer(TrainingArguments(fsdp="full_shard"))`` (accelerate's
 FSDP plugin; accelerate enables it on accelerators only, so this needs CUDA); the global batch is the whole data set,
-so the sampler's order does not change the steps. Writes ``OUT_DIR/adapter/`` (``Trainer.save_model``) and
+so the sampler's order does not change the steps; plain SGD, so that the GPU's rounding is not amplified (Adam
+normalises tiny gradients to full-size steps). Writes ``OUT_DIR/adapter/`` (``Trainer.save_model``) and
 ``OUT_DIR/fsdp.json`` (whether the Trainer wrapped the model with FSDP).
 ``--train-py``: ``train.py`` itself with the given overrides, plus a callback that writes ``OUT_DIR/fsdp.json``.
 
@@ -102,7 +103,7 @@ def trainer_main(out: Path) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     model = tiny_model("rope")
     args = TrainingArguments(output_dir=str(out / "trainer"), per_device_train_batch_size=PER_RANK, max_steps=STEPS,
-                             learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
+                             learning_rate=LR, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
                              weight_decay=0.0, report_to=[], save_strategy="no", logging_strategy="no",
                              disable_tqdm=True, fsdp="full_shard",
                              fsdp_config={"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
@@ -150,13 +151,10 @@ def main() -> None:
 
     out = Path(sys.argv[1])
     mora_type = sys.argv[2] if len(sys.argv) > 2 else "rope"
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    mesh = init_device_mesh(device.type, (world,))
+    device = torch.device("cpu")
+    mesh = init_device_mesh("cpu", (world,))
 
     model = tiny_model(mora_type).to(device)
     for layer in model.base_model.model.model.layers:

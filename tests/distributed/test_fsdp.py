@@ -31,13 +31,13 @@ def torchrun(n: int, *args: str) -> None:
          "--master_port", str(free_port()), str(SCRIPT), *args])
 
 
-def one_process_reference(world: int, steps: int = STEPS):
+def one_process_reference(world: int, optimizer_class=torch.optim.AdamW):
     """The same model trained in one process on the whole global batch: the ``PeftModel``."""
     model = tiny_model("rope")
     model.train()
     ids = global_batch(world)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-    for _ in range(steps):
+    optimizer = optimizer_class([p for p in model.parameters() if p.requires_grad], lr=LR)
+    for _ in range(STEPS):
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -96,10 +96,12 @@ def test_trainer_fsdp_full_shard_trains_and_saves_mora_like_one_process(tmp_path
     torchrun(n, "--trainer", str(tmp_path))
     flag = fsdp_flag(tmp_path)
     assert flag["fsdp"] is True, f"the Trainer did not wrap the model with FSDP ({flag})"
-    want = trained_M(one_process_reference(world=n))
+    want = trained_M(one_process_reference(world=n, optimizer_class=torch.optim.SGD))
+    start = trained_M(tiny_model("rope"))
+    assert any(not torch.allclose(want[k], start[k]) for k in want)  # the steps moved M
     got = reloaded_M(tmp_path / "adapter")
-    for name in want:  # the GPU run against the CPU reference: TF32/cuBLAS rounding, not the algorithm
-        assert float((got[name] - want[name]).abs().max()) <= 1e-3 * max(1.0, float(want[name].abs().max())), name
+    for name in want:  # the GPU run against the CPU reference: cuBLAS rounding, not the algorithm
+        assert float((got[name] - want[name]).abs().max()) <= 1e-4 * max(1.0, float(want[name].abs().max())), name
 
 
 @pytest.mark.gpu
