@@ -36,8 +36,11 @@ done
 # ------------------------------------------------------------------------------------------------ --fetch-wheels
 if [ "$FETCH" = 1 ]; then
     mkdir -p "$WHEELS"
-    exclude="$(git rev-parse --git-common-dir 2>/dev/null)/info/exclude"
-    if [ -f "$exclude" ] && ! grep -qx '/.whl/' "$exclude"; then echo '/.whl/' >> "$exclude"; fi
+    # the wheels are carried to the GPU machine, never committed: ignore them locally (the device tool's advice)
+    if git_dir="$(git rev-parse --git-common-dir 2>/dev/null)"; then
+        mkdir -p "$git_dir/info"
+        grep -qsx '/.whl/' "$git_dir/info/exclude" || echo '/.whl/' >> "$git_dir/info/exclude"
+    fi
     grep -v '^\s*#' scripts/gpu_wheels.txt | grep -v '^\s*$' | while read -r requirement; do
         # pure-Python wheels are platform independent; an sdist-only release (antlr4 4.9.3) is built into one here
         "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
