@@ -4,10 +4,12 @@ GPU check (its --dry-run and its goal verdicts) — on shapes small enough for a
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from scripts import bench_adapters, bench_train, gpu_goals, interleaved_timing
@@ -218,3 +220,19 @@ def test_gpu_goals_read_the_tables_the_benchmarks_write(tmp_path):
 def test_gpu_goals_name_a_missing_table_in_one_line(tmp_path, capsys):
     assert gpu_goals.main(["--adapters", str(tmp_path / "none.md"), "--train", str(tmp_path / "none.md")]) == 1
     assert capsys.readouterr().out.strip() == f"error: {tmp_path / 'none.md'} does not exist (its benchmark step failed?)"
+
+
+@pytest.mark.parametrize("python, status, code", [("/bin/true", "ok", 0), ("/bin/false", "**failed (exit 1)**", 1)])
+def test_gpu_check_runs_every_step_and_records_its_status_in_the_summary(tmp_path, python, status, code):
+    """The check's own flow, with a stand-in interpreter: every step runs even after a failure, each gets a row."""
+    env = {**os.environ, "PYTHON": python, "MORA_WHEELS_DIR": str(tmp_path / "no_wheels")}
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == code, proc.stderr
+    rows = [line.split("|")[1:3] for line in (tmp_path / "gpu_check.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| step")]
+    assert [name.strip() for name, _ in rows] == GPU_STEPS
+    assert {s.strip() for _, s in rows} == {status}
+    if code:
+        assert proc.stderr.strip().startswith("error: GPU check steps failed: env tests_fp32")
+    assert (tmp_path / "gpu_check.log").read_text().count("=== ") == 2 * len(GPU_STEPS)
