@@ -163,31 +163,63 @@ def precheck(cfg: DictConfig) -> None:
     plan_start(Path(str(cfg.output_dir)), resume, bool(cfg.get("overwrite", False)))
 
 
-def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
-                   extra_callbacks: Sequence[Any] = ()) -> RunSummary:
-    """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the
-    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash)."""
-    start = time.time()
-    values = validate_config(cfg)
-    r, lr, seed, method = values["r"], values["lr"], values["seed"], values["method"]
+@dataclass
+class RunSetup:
+    """What ``setup`` built for ``fit`` and ``finalize``: the run's identity, its folders, the model and Trainer."""
+
+    cfg: DictConfig
+    run_id: str
+    output_dir: Path
+    values: dict[str, Any]
+    resolved: dict[str, Any]
+    resume_from: Path | None
+    stale: list[Path]
+    trainer: Any
+    tokenizer: Any
+    info: dict[str, Any]
+    report_to: list[str]
+    initial_state: Any
+    start: float
+
+
+@dataclass
+class FitOutcome:
+    """What ``fit`` measured: the final metrics (``train_loss`` included), the history and the training throughput."""
+
+    final: dict[str, float]
+    history: list[dict[str, Any]]
+    tokens: int
+    train_seconds: float
+    samples_dir: Path
+
+
+def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
+    """``resume=auto`` with a valid completed record: the summary of that record (nothing is run), else ``None``."""
+    if resume_mode(cfg.resume) != "auto":
+        return None
     run_id = str(cfg.run_id)
-    output_dir = Path(str(cfg.output_dir))
-    resume = resume_mode(cfg.resume)
-    if resume == "auto":
-        done = completed_record(cfg.results_dir, run_id)
-        if done is not None:
-            print(f"{run_id}: skipped, completed record exists ({Path(str(cfg.results_dir)) / (run_id + '.json')})",
-                  flush=True)
-            return RunSummary(run_id=run_id, record_path=Path(str(cfg.results_dir)) / f"{run_id}.json",
-                              output_dir=output_dir, final=dict(done["final"]), wall_time_s=time.time() - start,
-                              record=done)
+    done = completed_record(cfg.results_dir, run_id)
+    if done is None:
+        return None
+    record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
+    print(f"{run_id}: skipped, completed record exists ({record_path})", flush=True)
+    return RunSummary(run_id=run_id, record_path=record_path, output_dir=Path(str(cfg.output_dir)),
+                      final=dict(done["final"]), wall_time_s=time.time() - start, record=done)
+
+
+def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | None = None) -> RunSetup:
+    """Validate ``cfg``, decide where training starts, build the model, adapter, task data and the Trainer.
+    Nothing on disk changes here (stale checkpoints are cleared by ``fit``)."""
+    start = time.time() if start is None else start
+    values = validate_config(cfg)
+    run_id, output_dir = str(cfg.run_id), Path(str(cfg.output_dir))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
 
     from tasks import build_task
 
     task = build_task(cfg.task)
-    resume_from, stale = plan_start(output_dir, resume, bool(cfg.get("overwrite", False)))
+    resume_from, stale = plan_start(output_dir, resume_mode(cfg.resume), bool(cfg.get("overwrite", False)))
     if resume_from is not None:
         print(f"{run_id}: resuming from {resume_from}", flush=True)
 
@@ -195,10 +227,9 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     import torch
     from transformers import set_seed
 
-    from runner.adapters import apply_adapter, describe_parameters, save_trained
+    from runner.adapters import apply_adapter, describe_parameters
     from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
     from runner.models import build_model
-    from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
@@ -206,6 +237,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     if cfg.trainer.get("num_threads") is not None:
         torch.set_num_threads(int(cfg.trainer.num_threads))
 
+    seed, r = values["seed"], values["r"]
     set_seed(seed)
     model, tokenizer = build_model(cfg.model, seed)
     data = task.prepare(tokenizer)
@@ -215,9 +247,8 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     print(describe_parameters(info, r), flush=True)
     # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
     # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.
-    sv_threshold = cfg.task.get("sv_threshold")
     initial_state = None
-    if sv_threshold is not None:
+    if cfg.task.get("sv_threshold") is not None:
         from moRA.analysis import initial_weights
 
         initial_state = initial_weights(model)
@@ -238,48 +269,80 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
         model=model, args=args, train_dataset=data.train, data_collator=data.collator, processing_class=tokenizer,
         callbacks=callbacks, task=task, task_tokenizer=tokenizer, scheduler_factory=scheduler_factory,
     )
-    clear_stale(output_dir, stale)
-    samples_dir = output_dir / "samples"
+    return RunSetup(cfg=cfg, run_id=run_id, output_dir=output_dir, values=values, resolved=resolved,
+                    resume_from=resume_from, stale=stale, trainer=trainer, tokenizer=tokenizer, info=info,
+                    report_to=report_to, initial_state=initial_state, start=start)
+
+
+def fit(run: RunSetup) -> FitOutcome:
+    """Train (from ``run.resume_from`` if set) and evaluate once more at the end, writing per-sample outputs.
+    ``NonFiniteLossError`` when a final metric is not finite."""
+    trainer = run.trainer
+    clear_stale(run.output_dir, run.stale)
+    samples_dir = run.output_dir / "samples"
     try:
         train_start = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_output = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
         train_seconds = time.perf_counter() - train_start - trainer.eval_seconds
         final = trainer.evaluate(output_dir=samples_dir if trainer.is_world_process_zero() else None)
         final = {k[len("eval_"):]: v for k, v in final.items()}
     finally:
-        if report_to:
+        if run.report_to:
             _finish_wandb()
+
+    from runner.record import history_from_log
 
     history = history_from_log(trainer.state.log_history)
     losses = [p["train_loss"] for p in history if "train_loss" in p]
     final["train_loss"] = losses[-1] if losses else float(train_output.training_loss)
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"non-finite final metrics {final}; no record written")
+    return FitOutcome(final=final, history=history, tokens=trainer.tokens_trained * trainer.args.world_size,
+                      train_seconds=train_seconds, samples_dir=samples_dir)
 
+
+def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | None = None) -> RunSummary:
+    """Save the trained adapter (or model), then write the record (rank 0) and its copy in the run folder."""
+    from runner.adapters import save_trained
+    from runner.record import build_record, write_json_atomic, write_record
+
+    cfg, trainer, method = run.cfg, run.trainer, run.values["method"]
     record: dict[str, Any] = {}
-    record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
+    record_path = Path(str(cfg.results_dir)) / f"{run.run_id}.json"
     zero3 = trainer.is_deepspeed_enabled and trainer.model_wrapped.zero_optimization_stage() == 3
     if zero3:  # the weights are partitioned over the ranks: every rank takes part in gathering them for the save
-        trainer.save_model(str(output_dir / ("model" if method == "fft" else "adapter")))
+        trainer.save_model(str(run.output_dir / ("model" if method == "fft" else "adapter")))
     if trainer.is_world_process_zero():
         if not zero3:
-            save_trained(trainer.model, tokenizer, output_dir, method)
+            save_trained(trainer.model, run.tokenizer, run.output_dir, method)
         analysis = None
-        if initial_state is not None:
+        if run.initial_state is not None:
             from moRA.analysis import analysis_for_record
 
-            analysis = analysis_for_record(trainer.model, initial_state, float(sv_threshold))
+            analysis = analysis_for_record(trainer.model, run.initial_state, float(cfg.task.sv_threshold))
         record = build_record(
-            run_id=run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=r,
-            mora_type=info.get("mora_type"), model=str(cfg.model.name), seed=seed, lr=lr,
-            experiment=_choice(choices, "experiment"), sweep=None if cfg.get("sweep") is None else str(cfg.sweep),
-            config=resolved, params=info, history=history, final=final,
-            wall_time_s=time.time() - start,
-            tokens_per_s=(trainer.tokens_trained * trainer.args.world_size / train_seconds  # all processes
-                          if train_seconds > 0 else 0.0),
-            output_dir=str(output_dir), samples_dir=str(samples_dir), analysis=analysis,
+            run_id=run.run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=run.values["r"],
+            mora_type=run.info.get("mora_type"), model=str(cfg.model.name), seed=run.values["seed"],
+            lr=run.values["lr"], experiment=_choice(choices, "experiment"),
+            sweep=None if cfg.get("sweep") is None else str(cfg.sweep), config=run.resolved, params=run.info,
+            history=outcome.history, final=outcome.final, wall_time_s=time.time() - run.start,
+            tokens_per_s=outcome.tokens / outcome.train_seconds if outcome.train_seconds > 0 else 0.0,
+            output_dir=str(run.output_dir), samples_dir=str(outcome.samples_dir), analysis=analysis,
         )
         record_path = write_record(record, cfg.results_dir)
-        write_json_atomic(record, output_dir / RECORD_COPY_NAME)
-    return RunSummary(run_id=run_id, record_path=record_path, output_dir=output_dir, final=final,
-                      wall_time_s=time.time() - start, record=record)
+        write_json_atomic(record, run.output_dir / RECORD_COPY_NAME)
+    return RunSummary(run_id=run.run_id, record_path=record_path, output_dir=run.output_dir, final=outcome.final,
+                      wall_time_s=time.time() - run.start, record=record)
+
+
+def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
+                   extra_callbacks: Sequence[Any] = ()) -> RunSummary:
+    """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the
+    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash)."""
+    start = time.time()
+    validate_config(cfg)
+    skipped = skip_completed(cfg, start)
+    if skipped is not None:
+        return skipped
+    run = setup(cfg, extra_callbacks, start)
+    return finalize(run, fit(run), choices)
