@@ -379,6 +379,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _readable(paths: Sequence[Path]) -> None:
+    """0644 less the umask's write bits, as other saved files (the temporary file writers leave 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, 0o644 & ~(umask & 0o022))
+
+
 class Restarter:
     """The restarts of one model: ``restart(optimizer)`` runs ``merge_and_reinit`` + ``reset_optimizer_state`` and
     counts merges; ``save(folder)`` / ``load(folder)`` persist what a checkpoint of the adapter alone lacks.
@@ -452,6 +460,7 @@ class Restarter:
             save_file(tensors, str(tmp))
             os.replace(tmp, folder / BASE_WEIGHTS_FILE)
         _atomic_write_text(folder / STATE_FILE, json.dumps(self.state.to_json(self.kind, global_step), indent=1))
+        _readable([folder / STATE_FILE] + ([folder / BASE_WEIGHTS_FILE] if tensors else []))
 
     def load(self, folder: Path) -> None:
         """Re-apply the state saved by ``save`` to the bound model: MoRA types first, then merged base weights."""

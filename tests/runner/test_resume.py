@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import TrainerCallback
 
-from runner.checkpoints import complete_checkpoints, plan_start
+from runner.checkpoints import complete_checkpoints, plan_start, write_marker
 from runner.errors import ResumeError
 from runner.record import load_record
 from runner.run import run_experiment
@@ -57,8 +57,12 @@ def test_partial_checkpoint_is_skipped_and_missing_checkpoint_is_an_error(tmp_pa
         plan_start(tmp_path, resume=True, overwrite=False)
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
-    assert plan_start(tmp_path, resume=True, overwrite=False) == (tmp_path / "checkpoint-2", [])
+    write_marker(tmp_path / "checkpoint-2", None)
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no marker
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    # the incomplete later checkpoint is stale: the resumed run writes it again
+    assert plan_start(tmp_path, resume=True, overwrite=False) == (tmp_path / "checkpoint-2",
+                                                                  [tmp_path / "checkpoint-4"])
     with pytest.raises(ResumeError, match="unfinished run"):
         plan_start(tmp_path, resume=False, overwrite=False)
     _, stale = plan_start(tmp_path, resume=False, overwrite=True)
