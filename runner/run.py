@@ -257,17 +257,18 @@ class FitOutcome:
 def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
     """The summary of the run's completed record, when nothing is to be run: ``resume=auto`` with a valid completed
     record of this config, or ``resume=true|auto`` on a run folder that holds this config's finished run (its
-    record is left as it is). ``None`` otherwise."""
+    record is left as it is). ``None`` otherwise. ``ResumeError`` when the record of this run id is another
+    config's (it is never replaced, unless ``overwrite=true``)."""
     from runner.errors import ResumeError
     from runner.identity import config_hash
 
     resume = resume_mode(cfg.resume)
-    if not resume:
-        return None
     run_id, chash = str(cfg.run_id), config_hash(cfg)
     problem = _record_identity_problem(cfg, chash)
     if problem:
         raise ResumeError(problem)
+    if not resume:
+        return None
     record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
     done = completed_record(cfg.results_dir, run_id) if resume == "auto" else None
     if done is None and plan(Path(str(cfg.output_dir)), resume, bool(cfg.get("overwrite", False)), chash).finished:
