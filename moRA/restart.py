@@ -19,12 +19,12 @@ zeroed with probability ``reset_ratio``) or ``magnitude`` (the ``reset_ratio`` f
 Parameters trained in full (embeddings, head, norms) are not touched.
 
 DeepSpeed (its internals are behind ``moRA.deepspeed_state``): under ZeRO-1/2 the optimizer holds partitioned fp32
-master copies and moments of the trainable parameters. The re-initialised adapter values are written into the master copy (``safe_set_full_fp32_param``; without
-this the next step would copy the old adapter back), and the moments are reset in each rank's slice of the flat
-partitioned state, addressed by the parameter's fragment address (pruning gathers the full moment first, so every
-rank prunes identically). Under ZeRO-3 the parameters are gathered for the merge
-(``deepspeed.zero.GatheredParameters``) and DeepSpeed's ``safe_*`` fragment API is used (not tested here).
-With DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step count.
+master copies and moments of the trainable parameters. The re-initialised adapter values are written into the master
+copy (``safe_set_full_fp32_param``; without this the next step would copy the old adapter back), and the moments are
+reset in each rank's slice of the flat partitioned state, addressed by the parameter's fragment address (pruning
+gathers the full moment first, so every rank prunes identically). Under ZeRO-3 the parameters are gathered for the
+merge (``deepspeed.zero.GatheredParameters``) and DeepSpeed's ``safe_*`` fragment API is used (not tested here). With
+DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step count.
 """
 from __future__ import annotations
 

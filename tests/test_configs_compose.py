@@ -40,7 +40,8 @@ def test_top_level_r_drives_the_adapter_and_the_run_id():
     hashed = r"-[0-9a-f]{8}"  # + the config hash (runner/identity.py)
     assert re.fullmatch("uuid-tiny-mora-r256-sharing-lr3e-3-s42" + hashed, cfg["run_id"])
     assert cfg["output_dir"] == f"outputs/{cfg['run_id']}"
-    assert re.fullmatch("uuid-tiny-mora-r8-rope-lr3e-3-s42" + hashed, _resolved(compose(["adapter=mora", "r=8"]))["run_id"])
+    assert re.fullmatch("uuid-tiny-mora-r8-rope-lr3e-3-s42" + hashed,
+                        _resolved(compose(["adapter=mora", "r=8"]))["run_id"])
     assert re.fullmatch("uuid-tiny-fft-lr2e-4-s3" + hashed,
                         _resolved(compose(["adapter=fft", "r=8", "lr=2e-4", "seed=3"]))["run_id"])
     assert _resolved(compose(["run_id=mine"]))["output_dir"] == "outputs/mine"
