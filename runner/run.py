@@ -282,9 +282,11 @@ def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
             done = completed_record(cfg.results_dir, run_id) or done
     if done is None:
         return None
-    print(f"{run_id}: skipped, completed record exists ({record_path}); nothing was changed", flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+        print(f"{run_id}: skipped, completed record exists ({record_path}); nothing was changed", flush=True)
     return RunSummary(run_id=run_id, record_path=record_path, output_dir=Path(str(cfg.output_dir)),
-                      final=dict(done["final"]), wall_time_s=time.time() - start, record=done)
+                      final=dict(done["final"]), wall_time_s=time.time() - start, record=done,
+                      main_process=os.environ.get("RANK", "0") == "0")
 
 
 def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | None = None) -> RunSetup:
