@@ -29,7 +29,6 @@ DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step cou
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import zlib
@@ -41,9 +40,6 @@ import torch
 from torch import nn
 
 from moRA import deepspeed_state as ds
-from moRA.deepspeed_state import MOMENT_KEYS
-
-logger = logging.getLogger(__name__)
 
 OPTIMIZER_RESETS = ("full", "random", "magnitude")
 SCHEDULES = ("official", "cosine_restarts")

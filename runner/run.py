@@ -1,11 +1,15 @@
 """One experiment from a resolved config: model → adapter → task data → Trainer → evaluation → saved adapter → record.
 
-``run_experiment(cfg, choices=None) -> RunSummary``. Everything a run writes goes to ``cfg.output_dir`` (checkpoints,
-the saved adapter or model, W&B files, per-sample outputs, a copy of the record) except the record itself,
-``<cfg.results_dir>/<run_id>.json``. The record is written last and only for a run that completed: a failed run
-(bad input, NaN loss, crash) leaves no record and its checkpoints untouched.
+``run_experiment(cfg, choices=None) -> RunSummary`` = ``setup`` (checks, where to start, model, Trainer) → ``fit``
+(train, final evaluation) → ``finalize`` (saved adapter, record). Everything a run writes goes to ``cfg.output_dir``
+(checkpoints, the saved adapter or model, W&B files, per-sample outputs, a copy of the record) except the record
+itself, ``<cfg.results_dir>/<run_id>.json``. The record is written last and only for a run that completed: a failed
+run (bad input, NaN loss, crash) leaves no record and its checkpoints untouched; a new attempt over a finished run
+trains aside and replaces it only once it has succeeded (``runner.checkpoints``). One live process per run folder
+(``runner.run_lock``); SIGTERM/SIGUSR1 stop after a checkpoint with exit code 75 (``Preempted``). What is
+guaranteed and how it is tested: docs/RELIABILITY.md.
 
-Cheap checks run first (config values, task config, resume state) so that bad input fails before the heavy imports.
+Cheap checks run first (config values, identity, resume state) so that bad input fails before the heavy imports.
 """
 from __future__ import annotations
 
