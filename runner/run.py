@@ -126,6 +126,9 @@ def _finish_wandb() -> None:
         return
     if wandb.run is not None:
         wandb.finish()
+    # W&B reads WANDB_DIR once per process (its settings singleton): without a teardown the next run of the same
+    # process (a multirun's next job, a resumed segment in a test) would write into this run's folder
+    wandb.teardown()
 
 
 def resume_mode(value: Any) -> bool | str:
