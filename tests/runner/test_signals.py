@@ -49,3 +49,30 @@ def test_sigterm_saves_finishes_wandb_exits_75_and_the_requeue_continues(compose
     assert [p["step"] for p in resumed["history"]] == [p["step"] for p in reference["history"]]
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, two segments
+
+
+def test_train_py_exits_75_on_sigterm_with_a_complete_checkpoint(tmp_path):
+    """The real command, signalled from outside once training runs: exit code 75, no traceback, no record."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), f"output_dir={tmp_path}/out", f"results_dir={tmp_path}/res",
+           *TINY_RUN_OVERRIDES, "adapter=lora", "r=4", "trainer.max_steps=100000", "trainer.save_steps=1",
+           "trainer.save_total_limit=1", "run_id=term"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not complete_checkpoints(tmp_path / "out"):  # training runs: the signal handler is installed
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "Traceback" not in err and "stopped on SIGTERM" in out
+    assert complete_checkpoints(tmp_path / "out") and not (tmp_path / "res").exists()
