@@ -87,7 +87,8 @@ def main(cfg: DictConfig) -> None:
         if os.environ.get("MORA_DEBUG"):
             raise
         fail(str(e))
-    print(summary.one_line(), flush=True)
+    if summary.main_process:  # under torchrun, rank 0 prints the record line
+        print(summary.one_line(), flush=True)
 
 
 def close_distributed() -> None:

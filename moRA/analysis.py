@@ -151,7 +151,7 @@ def analysis_for_saved_run(initial_model: nn.Module, adapter_dir, threshold: flo
     """The analysis of a finished run from its files: ``initial_model`` is the base model re-created from the run's
     config and seed (``runner.models.build_model``); ``adapter_dir`` holds the saved PEFT adapter (or, for FFT, the
     saved full model folder, in which case the model is loaded from it); when the run used restarts, its output
-    folder's ``restart_base_weights.safetensors`` (written by ``moRA.restart.RestartCallback``) supplies the merged
+    folder's ``restart_base_weights.safetensors`` (written by ``moRA.restart.Restarter.save``) supplies the merged
     base weights. Loads safetensors only."""
     from pathlib import Path
 

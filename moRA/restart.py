@@ -1,7 +1,9 @@
 """ReMoRA / ReLoRA: merge the adapter into the base weight every N optimizer steps, re-initialise it, and reset the
 adapter's optimizer state.
 
-Adapted layers are found through the PEFT model by class (``moRA.MoraLayer`` or ``peft``'s ``LoraLayer``), never by
+``Restarter`` carries the restarts of one model (merge count, types, what a checkpoint must keep); the runner's
+Trainer callback (``runner/restart_callback.py``) calls it every ``merge_every`` optimizer steps. Adapted layers are
+found through the PEFT model by class (``moRA.MoraLayer`` or ``peft``'s ``LoraLayer``), never by
 module path, so any architecture works.
 
 One restart, per adapted layer and active adapter ``a`` (row convention of the base weight ``W: (d, k)``):
@@ -16,35 +18,31 @@ zeroed with probability ``reset_ratio``) or ``magnitude`` (the ``reset_ratio`` f
 ``|exp_avg|`` zeroed). Unlike ReLoRA, an entry is pruned in both moments together (see ``reset_optimizer_state``).
 Parameters trained in full (embeddings, head, norms) are not touched.
 
-DeepSpeed: under ZeRO-1/2 the optimizer holds partitioned fp32 master copies and moments of the trainable
-parameters. The re-initialised adapter values are written into the master copy (``safe_set_full_fp32_param``; without
-this the next step would copy the old adapter back), and the moments are reset in each rank's slice of the flat
-partitioned state, addressed by the parameter's fragment address (pruning gathers the full moment first, so every
-rank prunes identically). Under ZeRO-3 the parameters are gathered for the merge
-(``deepspeed.zero.GatheredParameters``) and DeepSpeed's ``safe_*`` fragment API is used (not tested here).
-With DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step count.
+DeepSpeed (its internals are behind ``moRA.deepspeed_state``): under ZeRO-1/2 the optimizer holds partitioned fp32
+master copies and moments of the trainable parameters. The re-initialised adapter values are written into the master
+copy (``safe_set_full_fp32_param``; without this the next step would copy the old adapter back), and the moments are
+reset in each rank's slice of the flat partitioned state, addressed by the parameter's fragment address (pruning
+gathers the full moment first, so every rank prunes identically). Under ZeRO-3 the parameters are gathered for the
+merge (``deepspeed.zero.GatheredParameters``) and DeepSpeed's ``safe_*`` fragment API is used (not tested here). With
+DeepSpeed, ``full`` zeroes the moments but cannot restart the per-group step count.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
-logger = logging.getLogger(__name__)
+from moRA import deepspeed_state as ds
 
 OPTIMIZER_RESETS = ("full", "random", "magnitude")
 SCHEDULES = ("official", "cosine_restarts")
-MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 STATE_FILE = "restart_state.json"
 BASE_WEIGHTS_FILE = "restart_base_weights.safetensors"
 STATE_SCHEMA = "mora-restart/1"
@@ -224,35 +222,6 @@ def next_type(current: str, cycle: Sequence[str]) -> str:
     return cycle[(list(cycle).index(current) + 1) % len(cycle)]
 
 
-# ---------------------------------------------------------------------------------------------- DeepSpeed helpers
-def _is_zero3(param: torch.Tensor) -> bool:
-    return hasattr(param, "ds_id")
-
-
-def _has_zero_master(param: torch.Tensor) -> bool:
-    return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
-
-
-@contextmanager
-def _gathered(params: Sequence[torch.Tensor]):
-    """Under ZeRO-3, materialise ``params`` on every rank for in-place modification (same result on all ranks)."""
-    if any(_is_zero3(p) for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
-            yield
-    else:
-        yield
-
-
-def _set_master(param: nn.Parameter, value: torch.Tensor) -> None:
-    """Write ``value`` into DeepSpeed's fp32 master copy of ``param`` (no-op without DeepSpeed)."""
-    if _has_zero_master(param):
-        from deepspeed.utils import safe_set_full_fp32_param
-
-        safe_set_full_fp32_param(param, value.to(torch.float32))
-
-
 # ---------------------------------------------------------------------------------------------- merge and re-init
 def _layer_generator(seed: int, merge_index: int, layer_index: int) -> torch.Generator:
     """A CPU generator that depends only on (seed, merge, layer): identical on every rank and after a resume."""
@@ -272,7 +241,7 @@ def merge_and_reinit_layer(layer: AdaptedLayer, *, next_mora_type: str | None = 
     base = m.get_base_layer()
     adapter_params = layer.adapter_parameters()
     to_gather = [base.weight] + ([base.bias] if getattr(base, "bias", None) is not None else []) + adapter_params
-    with _gathered(to_gather):
+    with ds.gathered(to_gather):
         delta = m.get_delta_weight(a)  # (d, k) in the base weight's layout
         if hasattr(base.weight, "device_mesh"):  # FSDP2: W is a DTensor; each rank adds ΔW's part of its shard
             from torch.distributed.tensor import distribute_tensor
@@ -299,7 +268,7 @@ def merge_and_reinit_layer(layer: AdaptedLayer, *, next_mora_type: str | None = 
             lora_b.weight.data.zero_()
             new_values = [p.detach().clone() for p in adapter_params]
     for p, v in zip(adapter_params, new_values):
-        _set_master(p, v)
+        ds.set_master(p, v)
 
 
 def merge_and_reinit(model_or_layers, type_cycle: Sequence | None = None, *, seed: int = 0,
@@ -365,8 +334,11 @@ def reset_optimizer_state(optimizer, params: Sequence[nn.Parameter], mode: str =
         if mode == "random":
             g = _layer_generator(seed, merge_index, 1_000_003 + i)
             keep = torch.rand(p.shape, generator=g) >= ratio
-        if _has_zero_master(p):
-            n_reset += _reset_deepspeed_param(optimizer, p, mode, ratio, keep)
+        if ds.is_managed(p):  # collective under ZeRO-1/2 (magnitude): every rank derives the same mask
+            if mode == "magnitude":
+                keep = magnitude_keep_mask(ds.full_moment(optimizer, p, "exp_avg"), ratio)
+            ds.mask_moments(optimizer, p, None if mode == "full" else keep)
+            n_reset += 1
             continue
         if inner is None:
             continue
@@ -388,81 +360,7 @@ def reset_optimizer_state(optimizer, params: Sequence[nn.Parameter], mode: str =
     return n_reset
 
 
-def _zero_optimizer(optimizer):
-    """The DeepSpeed ZeRO-1/2 optimizer inside the wrappers (it owns ``single_partition_of_fp32_groups``), or None."""
-    seen = set()
-    while optimizer is not None and id(optimizer) not in seen:
-        if hasattr(optimizer, "single_partition_of_fp32_groups"):
-            return optimizer
-        seen.add(id(optimizer))
-        optimizer = getattr(optimizer, "optimizer", None)
-    return None
-
-
-def zero2_local_moment(optimizer, param: nn.Parameter, key: str) -> torch.Tensor | None:
-    """This rank's slice of the Adam moment ``key`` of ``param`` inside DeepSpeed ZeRO-1/2's partitioned fp32 state
-    (a view: writing it changes the optimizer), or ``None`` when this rank holds no part of ``param``.
-
-    Read straight from the optimizer state of the flat partition at the parameter's fragment address, so it does not
-    depend on DeepSpeed having linked the state fragments (it links them once, after the first step, and a param
-    group whose state did not exist yet stays unlinked)."""
-    mapping = getattr(param, "_hp_mapping", None)
-    zo = _zero_optimizer(optimizer)
-    if mapping is None or zo is None:
-        return None
-    flat = zo.single_partition_of_fp32_groups[mapping.param_group_index]
-    state = zo.optimizer.state.get(flat)
-    if not state or key not in state:
-        return None
-    address = mapping.hp_fragment_address
-    return state[key].narrow(0, address.start, address.numel)
-
-
-def zero2_full_moment(optimizer, param: nn.Parameter, key: str) -> torch.Tensor:
-    """The full Adam moment ``key`` of ``param`` (shape of ``param``, fp32) gathered over the data-parallel ranks.
-    Collective: every rank must call it."""
-    import deepspeed.comm as ds_dist
-
-    full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
-    local = zero2_local_moment(optimizer, param, key)
-    if local is not None:
-        address = param._hp_mapping.lp_fragment_address
-        full.narrow(0, address.start, address.numel).copy_(local)
-    ds_dist.all_reduce(full, group=getattr(param, "_dp_group", None))
-    return full.view(param.shape)
-
-
-def _reset_deepspeed_param(optimizer, p: nn.Parameter, mode: str, ratio: float, keep: torch.Tensor | None) -> int:
-    """``reset_optimizer_state`` for one DeepSpeed-managed parameter; ``keep``: the random mask (``random``)."""
-    if _is_zero3(p):  # ZeRO-3: DeepSpeed's own fragment API (partitioned params and states)
-        from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
-
-        if mode == "magnitude":
-            keep = magnitude_keep_mask(safe_get_full_optimizer_state(p, "exp_avg"), ratio)
-        for key in MOMENT_KEYS:
-            if mode == "full":
-                value = torch.zeros(p.ds_shape, dtype=torch.float32)
-            else:
-                value = safe_get_full_optimizer_state(p, key).detach().clone()
-                value.mul_(keep.to(value.device, value.dtype))
-            safe_set_full_optimizer_state(p, value, key)
-        return 1
-    # ZeRO-1/2: each rank edits its own slice of the flat partitioned state
-    if mode == "magnitude":  # collective: every rank gathers exp_avg and derives the same mask
-        keep = magnitude_keep_mask(zero2_full_moment(optimizer, p, "exp_avg"), ratio)
-    for key in MOMENT_KEYS:
-        local = zero2_local_moment(optimizer, p, key)
-        if local is None:
-            continue
-        if mode == "full":
-            local.zero_()
-        else:
-            address = p._hp_mapping.lp_fragment_address
-            local.mul_(keep.flatten().narrow(0, address.start, address.numel).to(local.device, local.dtype))
-    return 1
-
-
-# ---------------------------------------------------------------------------------------------- the callback
+# ---------------------------------------------------------------------------------------------- persistence
 @dataclass
 class RestartState:
     """What a checkpoint must remember: merges done and the current MoRA type of every layer."""
@@ -481,20 +379,26 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class RestartCallback(TrainerCallback):
-    """Runs ``merge_and_reinit`` + ``reset_optimizer_state`` every ``config.merge_every`` optimizer steps.
+def _readable(paths: Sequence[Path]) -> None:
+    """0644 less the umask's write bits, as other saved files (the temporary file writers leave 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, 0o644 & ~(umask & 0o022))
 
-    Checkpoints: ``on_save`` writes ``restart_state.json`` (merges done, MoRA type per layer) and, once a merge has
-    happened, ``restart_base_weights.safetensors`` (the merged base weights of the adapted layers, which a PEFT
-    checkpoint does not hold) into the checkpoint folder. On resume, ``on_train_begin`` (before any forward pass)
-    re-applies the types and base weights. ``resume_from_checkpoint`` may name the folder; otherwise
-    ``<output_dir>/checkpoint-<global_step>`` is used.
+
+class Restarter:
+    """The restarts of one model: ``restart(optimizer)`` runs ``merge_and_reinit`` + ``reset_optimizer_state`` and
+    counts merges; ``save(folder)`` / ``load(folder)`` persist what a checkpoint of the adapter alone lacks.
+
+    ``save`` writes ``restart_state.json`` (merges done, MoRA type per layer) and, once a merge has happened,
+    ``restart_base_weights.safetensors`` (the merged base weights of the adapted layers). ``load`` re-applies them to
+    the bound model (types first, then base weights). When to restart is the caller's business (the runner's Trainer
+    callback restarts every ``config.merge_every`` optimizer steps).
     """
 
-    def __init__(self, config: RestartConfig, model: nn.Module | None = None,
-                 resume_from_checkpoint: str | os.PathLike | None = None):
+    def __init__(self, config: RestartConfig, model: nn.Module | None = None):
         self.config = config
-        self.resume_from_checkpoint = resume_from_checkpoint
         self.state = RestartState()
         self._layers: list[AdaptedLayer] | None = None
         self._cycle = canonical_cycle(config.type_cycle) if config.type_cycle is not None else None
@@ -532,28 +436,6 @@ class RestartCallback(TrainerCallback):
                               float(self.config.reset_ratio), seed=self.config.seed, merge_index=merge_index)
         self.state.merges_done += 1
 
-    # -- Trainer events
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None and (self._layers is None or self._layers[0].module not in set(model.modules())):
-            self.bind(model)
-        if state.global_step > 0:
-            self._restore(args, state)
-
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-        step = state.global_step
-        if step % self.config.merge_every == 0 and step < state.max_steps:
-            self.restart(optimizer)
-            logger.info("restart %d at step %d (%s)", self.state.merges_done, step, self.kind)
-
-    def on_save(self, args, state, control, **kwargs):
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        self.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", state.global_step,
-                  write=state.is_world_process_zero)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.save(Path(args.output_dir), state.global_step, write=state.is_world_process_zero)
-
     # -- persistence
     def save(self, folder: Path, global_step: int, write: bool = True) -> None:
         """Write the restart state (and merged base weights once a merge happened) into ``folder``."""
@@ -561,11 +443,11 @@ class RestartCallback(TrainerCallback):
         if self.state.merges_done > 0:
             for layer in self._layers or []:
                 w = layer.base_weight
-                with _gathered([w]):
+                with ds.gathered([w]):
                     tensors[f"{layer.name}.base_weight"] = w.detach().to("cpu").clone().contiguous()
                 b = getattr(layer.module.get_base_layer(), "bias", None)
                 if b is not None and layer.kind == "lora" and layer.module.lora_B[layer.adapter].bias is not None:
-                    with _gathered([b]):
+                    with ds.gathered([b]):
                         tensors[f"{layer.name}.base_bias"] = b.detach().to("cpu").clone().contiguous()
         if not write:
             return
@@ -578,6 +460,7 @@ class RestartCallback(TrainerCallback):
             save_file(tensors, str(tmp))
             os.replace(tmp, folder / BASE_WEIGHTS_FILE)
         _atomic_write_text(folder / STATE_FILE, json.dumps(self.state.to_json(self.kind, global_step), indent=1))
+        _readable([folder / STATE_FILE] + ([folder / BASE_WEIGHTS_FILE] if tensors else []))
 
     def load(self, folder: Path) -> None:
         """Re-apply the state saved by ``save`` to the bound model: MoRA types first, then merged base weights."""
@@ -611,19 +494,7 @@ class RestartCallback(TrainerCallback):
                             if suffix == "base_weight":
                                 raise RestartConfigError(f"{path} lacks the base weight of layer {layer.name}")
                             continue
-                        with _gathered([param]):
+                        with ds.gathered([param]):
                             param.data.copy_(t.to(param.device, param.dtype))
         self.state.merges_done = int(data["merges_done"])
         self.state.layer_types = dict(data["layer_types"])
-
-    def _restore(self, args, state) -> None:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = Path(self.resume_from_checkpoint or
-                      Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if (folder / STATE_FILE).is_file():
-            self.load(folder)
-            logger.info("restored restart state from %s: %d merges", folder, self.state.merges_done)
-        elif state.global_step >= self.config.merge_every:
-            raise RestartConfigError(f"resuming at step {state.global_step} after merges, but {folder / STATE_FILE} "
-                                     "is missing; pass the checkpoint folder as resume_from_checkpoint")

@@ -1,7 +1,9 @@
 """OmegaConf resolvers used by ``configs/config.yaml`` (registered on import of this module).
 
 ``${run_id:task,model,adapter,r,mora_type,lr,seed}`` names a run from its choices, e.g.
-``uuid-tiny-mora-r256-sharing-lr3e-3-s42``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42``).
+``uuid-tiny-mora-r256-sharing-lr3e-3-s42-<hash>``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42-<hash>``).
+``<hash>`` is ``runner.identity.config_hash`` of the whole config: runs that differ in any other setting that can
+change the result (``trainer.max_steps``, ``task.*``, …) get different ids.
 The resolver never raises: it runs before the config is validated (Hydra needs the run folder first), so odd values
 (``r=abc``) end up verbatim in the name and are rejected later by ``runner.run.validate_config``.
 """
@@ -36,6 +38,8 @@ def format_lr(lr) -> str:
 def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
     """The default ``run_id``: ``<task>-<model>-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``."""
     parts = [str(task), str(model), str(adapter)]
+    if isinstance(r, float) and r.is_integer():
+        r = int(r)  # r=1e3 names the run r1000, like r=1000
     if str(adapter) != "fft":
         parts.append(f"r{r}")
     if str(adapter) in _MORA_METHODS and mora_type is not None:
@@ -47,10 +51,16 @@ def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
 
 
+def _run_id_with_hash(task, model, adapter, r, mora_type, lr, seed, *, _root_) -> str:
+    from runner.identity import config_hash
+
+    return f"{make_run_id(task, model, adapter, r, mora_type, lr, seed)}-{config_hash(_root_)}"
+
+
 def register_resolvers() -> None:
     """Register ``run_id`` with OmegaConf (idempotent)."""
     if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", make_run_id)
+        OmegaConf.register_new_resolver("run_id", _run_id_with_hash)
 
 
 register_resolvers()

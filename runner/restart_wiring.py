@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from moRA.restart import RestartCallback, RestartConfig, RestartConfigError
+from moRA.restart import RestartConfig, RestartConfigError
+from runner.restart_callback import RestartCallback
 from moRA.schedules import build_restart_scheduler
 
 

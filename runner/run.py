@@ -1,11 +1,15 @@
 """One experiment from a resolved config: model → adapter → task data → Trainer → evaluation → saved adapter → record.
 
-``run_experiment(cfg, choices=None) -> RunSummary``. Everything a run writes goes to ``cfg.output_dir`` (checkpoints,
-the saved adapter or model, W&B files, per-sample outputs, a copy of the record) except the record itself,
-``<cfg.results_dir>/<run_id>.json``. The record is written last and only for a run that completed: a failed run
-(bad input, NaN loss, crash) leaves no record and its checkpoints untouched.
+``run_experiment(cfg, choices=None) -> RunSummary`` = ``setup`` (checks, where to start, model, Trainer) → ``fit``
+(train, final evaluation) → ``finalize`` (saved adapter, record). Everything a run writes goes to ``cfg.output_dir``
+(checkpoints, the saved adapter or model, W&B files, per-sample outputs, a copy of the record) except the record
+itself, ``<cfg.results_dir>/<run_id>.json``. The record is written last and only for a run that completed: a failed
+run (bad input, NaN loss, crash) leaves no record and its checkpoints untouched; a new attempt over a finished run
+trains aside and replaces it only once it has succeeded (``runner.checkpoints``). One live process per run folder
+(``runner.run_lock``); SIGTERM/SIGUSR1 stop after a checkpoint with exit code 75 (``Preempted``). What is
+guaranteed and how it is tested: docs/RELIABILITY.md.
 
-Cheap checks run first (config values, task config, resume state) so that bad input fails before the heavy imports.
+Cheap checks run first (config values, identity, resume state) so that bad input fails before the heavy imports.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from typing import Any, Mapping, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 import runner.config  # noqa: F401  (registers the run_id resolver)
-from runner.checkpoints import RECORD_COPY_NAME, clear_stale, plan_start
+from runner.checkpoints import (RECORD_COPY_NAME, StartPlan, clear_stale, make_readable, plan, plan_start,  # noqa: F401
+                                swap_in_attempt)
 from runner.errors import ConfigError, NonFiniteLossError
 from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed
 
@@ -32,6 +37,7 @@ class RunSummary:
     final: dict[str, float]
     wall_time_s: float
     record: dict[str, Any] = field(default_factory=dict)
+    main_process: bool = True  # under torchrun only rank 0 prints the summary line
 
     def one_line(self) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.final.items())
@@ -120,6 +126,9 @@ def _finish_wandb() -> None:
         return
     if wandb.run is not None:
         wandb.finish()
+    # W&B reads WANDB_DIR once per process (its settings singleton): without a teardown the next run of the same
+    # process (a multirun's next job, a resumed segment in a test) would write into this run's folder
+    wandb.teardown()
 
 
 def resume_mode(value: Any) -> bool | str:
@@ -153,59 +162,178 @@ def _choice(choices: Mapping[str, Any] | None, key: str) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------------------------- run
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL, "try again": the job stopped on SIGTERM/SIGUSR1 after saving a checkpoint
+
+
+class Preempted(SystemExit):
+    """The run stopped on a termination signal after saving a complete checkpoint; exit code ``EXIT_PREEMPTED``.
+    A ``SystemExit``: it ends the process (a sweep too), which a requeue then continues with ``resume=auto``."""
+
+    def __init__(self, message: str):
+        print(message, flush=True)
+        super().__init__(EXIT_PREEMPTED)
+        self.message = message
+
+
+def _record_identity_problem(cfg: DictConfig, chash: str) -> str | None:
+    """Why ``<results_dir>/<run_id>.json`` must not be replaced or skipped to by this run: a valid record of a
+    different config (only possible with an explicit ``run_id``; the default one carries the hash)."""
+    from runner.identity import config_hash
+
+    done = completed_record(cfg.results_dir, str(cfg.run_id))
+    if done is None or config_hash(done["config"]) == chash or bool(cfg.get("overwrite", False)):
+        return None
+    return (f"{Path(str(cfg.results_dir)) / (str(cfg.run_id) + '.json')} is the record of a different config "
+            f"(hash {config_hash(done['config'])}, this run {chash}); give this run another run_id, or replace it "
+            f"with overwrite=true")
+
+
 def precheck(cfg: DictConfig) -> None:
-    """The read-only checks of a run (config values, resume state), for ``train.py`` to call before Hydra creates
-    the run folder: a bad invocation then leaves the disk as it was. ``run_experiment`` repeats them."""
+    """The read-only checks of a run (config values, identity, resume state), for ``train.py`` to call before Hydra
+    creates the run folder: a bad invocation then leaves the disk as it was. ``run_experiment`` repeats them."""
+    from runner.errors import ResumeError
+    from runner.identity import config_hash
+
     validate_config(cfg)
+    chash = config_hash(cfg)
+    problem = _record_identity_problem(cfg, chash)
+    if problem:
+        raise ResumeError(problem)
+    plan(Path(str(cfg.output_dir)), resume_mode(cfg.resume), bool(cfg.get("overwrite", False)), chash)
+
+
+@dataclass
+class RunSetup:
+    """What ``setup`` built for ``fit`` and ``finalize``: the run's identity, its folders, the model and Trainer."""
+
+    cfg: DictConfig
+    run_id: str
+    output_dir: Path
+    values: dict[str, Any]
+    resolved: dict[str, Any]
+    start_plan: StartPlan
+    trainer: Any
+    tokenizer: Any
+    info: dict[str, Any]
+    report_to: list[str]
+    initial_state: Any
+    progress: "Progress"
+    stop: Any
+
+
+@dataclass
+class Progress:
+    """Training time, tokens and wall time over all segments of a run: the earlier segments' totals come from the
+    marker of the checkpoint resumed from (counted up to that checkpoint), this segment's are measured live."""
+
+    train_seconds: float = 0.0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    wall_start: float = field(default_factory=time.time)
+    train_start: float | None = None
+    trainer: Any = None
+
+    @classmethod
+    def resumed_from(cls, checkpoint: Path | None, wall_start: float) -> "Progress":
+        from runner.checkpoints import read_marker
+
+        saved = (read_marker(checkpoint) or {}).get("progress", {}) if checkpoint is not None else {}
+        return cls(train_seconds=float(saved.get("train_seconds", 0.0)), tokens=int(saved.get("tokens", 0)),
+                   wall_seconds=float(saved.get("wall_seconds", 0.0)), wall_start=wall_start)
+
+    def snapshot(self) -> dict[str, float]:
+        trainer = self.trainer
+        segment = 0.0
+        if self.train_start is not None and trainer is not None:
+            segment = time.perf_counter() - self.train_start - trainer.eval_seconds
+        tokens = trainer.tokens_trained * trainer.args.world_size if trainer is not None else 0  # all processes
+        return {"train_seconds": self.train_seconds + segment, "tokens": self.tokens + tokens,
+                "wall_seconds": self.wall_seconds + time.time() - self.wall_start}
+
+
+@dataclass
+class FitOutcome:
+    """What ``fit`` measured: the final metrics (``train_loss`` included), the history and the progress totals."""
+
+    final: dict[str, float]
+    history: list[dict[str, Any]]
+    totals: dict[str, float]
+    samples_dir: Path
+
+
+def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
+    """The summary of the run's completed record, when nothing is to be run: ``resume=auto`` with a valid completed
+    record of this config, or ``resume=true|auto`` on a run folder that holds this config's finished run (its
+    record is left as it is). ``None`` otherwise. ``ResumeError`` when the record of this run id is another
+    config's (it is never replaced, unless ``overwrite=true``)."""
+    from runner.errors import ResumeError
+    from runner.identity import config_hash
+
     resume = resume_mode(cfg.resume)
-    if resume == "auto":
-        return
-    plan_start(Path(str(cfg.output_dir)), resume, bool(cfg.get("overwrite", False)))
+    run_id, chash = str(cfg.run_id), config_hash(cfg)
+    problem = _record_identity_problem(cfg, chash)
+    if problem:
+        raise ResumeError(problem)
+    if not resume:
+        return None
+    record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
+    done = completed_record(cfg.results_dir, run_id) if resume == "auto" else None
+    if done is None and plan(Path(str(cfg.output_dir)), resume, bool(cfg.get("overwrite", False)), chash).finished:
+        from runner.record import RecordError, load_record
+
+        try:
+            done = load_record(Path(str(cfg.output_dir)) / RECORD_COPY_NAME)
+        except RecordError:
+            done = None
+        if record_path.is_file():
+            done = completed_record(cfg.results_dir, run_id) or done
+    if done is None:
+        return None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+        print(f"{run_id}: skipped, completed record exists ({record_path}); nothing was changed", flush=True)
+    return RunSummary(run_id=run_id, record_path=record_path, output_dir=Path(str(cfg.output_dir)),
+                      final=dict(done["final"]), wall_time_s=time.time() - start, record=done,
+                      main_process=os.environ.get("RANK", "0") == "0")
 
 
-def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
-                   extra_callbacks: Sequence[Any] = ()) -> RunSummary:
-    """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the
-    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash)."""
-    start = time.time()
+def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | None = None) -> RunSetup:
+    """Validate ``cfg``, decide where training starts, build the model, adapter, task data and the Trainer.
+    Nothing on disk changes here (stale checkpoints are cleared by ``fit``)."""
+    from runner.identity import config_hash
+
+    start = time.time() if start is None else start
     values = validate_config(cfg)
-    r, lr, seed, method = values["r"], values["lr"], values["seed"], values["method"]
-    run_id = str(cfg.run_id)
-    output_dir = Path(str(cfg.output_dir))
-    resume = resume_mode(cfg.resume)
-    if resume == "auto":
-        done = completed_record(cfg.results_dir, run_id)
-        if done is not None:
-            print(f"{run_id}: skipped, completed record exists ({Path(str(cfg.results_dir)) / (run_id + '.json')})",
-                  flush=True)
-            return RunSummary(run_id=run_id, record_path=Path(str(cfg.results_dir)) / f"{run_id}.json",
-                              output_dir=output_dir, final=dict(done["final"]), wall_time_s=time.time() - start,
-                              record=done)
+    run_id, output_dir, chash = str(cfg.run_id), Path(str(cfg.output_dir)), config_hash(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
 
     from tasks import build_task
 
     task = build_task(cfg.task)
-    resume_from, stale = plan_start(output_dir, resume, bool(cfg.get("overwrite", False)))
-    if resume_from is not None:
-        print(f"{run_id}: resuming from {resume_from}", flush=True)
+    start_plan = plan(output_dir, resume_mode(cfg.resume), bool(cfg.get("overwrite", False)), chash)
+    if start_plan.resume_from is not None:
+        print(f"{run_id}: resuming from {start_plan.resume_from}", flush=True)
+    elif start_plan.aside:
+        print(f"{run_id}: the finished run in {output_dir} stays until this attempt ({start_plan.train_dir}) "
+              f"succeeds", flush=True)
 
     # heavy imports from here on
     import torch
     from transformers import set_seed
 
-    from runner.adapters import apply_adapter, describe_parameters, save_trained
-    from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
+    from runner.adapters import apply_adapter, describe_parameters
+    from runner.callbacks import (CheckpointMarkerCallback, EvaluateEveryCallback, StopOnSignalCallback,
+                                  WandbConfigCallback)
     from runner.models import build_model
-    from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
-    args = training_arguments(cfg.trainer, output_dir, run_id, report_to)
+    args = training_arguments(cfg.trainer, start_plan.train_dir, run_id, report_to)
+    save_limit, args.save_total_limit = args.save_total_limit, None  # rotated after the marker (callbacks.py)
     if cfg.trainer.get("num_threads") is not None:
         torch.set_num_threads(int(cfg.trainer.num_threads))
 
+    seed, r = values["seed"], values["r"]
     set_seed(seed)
     model, tokenizer = build_model(cfg.model, seed)
     data = task.prepare(tokenizer)
@@ -215,14 +343,15 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     print(describe_parameters(info, r), flush=True)
     # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
     # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.
-    sv_threshold = cfg.task.get("sv_threshold")
     initial_state = None
-    if sv_threshold is not None:
+    if cfg.task.get("sv_threshold") is not None:
         from moRA.analysis import initial_weights
 
         initial_state = initial_weights(model)
 
-    callbacks: list[Any] = [EvaluateEveryCallback(int(cfg.trainer.eval_steps))]
+    progress = Progress.resumed_from(start_plan.resume_from, start)
+    stop = StopOnSignalCallback()
+    callbacks: list[Any] = [EvaluateEveryCallback(int(cfg.trainer.eval_steps)), stop]
     scheduler_factory = None
     if cfg.adapter.get("restart"):
         from runner.restart_wiring import restart_components
@@ -233,53 +362,106 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
         params = {k: info[k] for k in ("trainable", "total", "lora_equivalent")}
         callbacks.append(WandbConfigCallback(resolved, {"params": params}))
     callbacks += list(extra_callbacks)
+    callbacks.append(CheckpointMarkerCallback(chash, save_limit, progress.snapshot))  # last: after every writer
 
     trainer = TaskTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=data.collator, processing_class=tokenizer,
         callbacks=callbacks, task=task, task_tokenizer=tokenizer, scheduler_factory=scheduler_factory,
     )
-    clear_stale(output_dir, stale)
-    samples_dir = output_dir / "samples"
+    progress.trainer = trainer
+    return RunSetup(cfg=cfg, run_id=run_id, output_dir=output_dir, values=values, resolved=resolved,
+                    start_plan=start_plan, trainer=trainer, tokenizer=tokenizer, info=info, report_to=report_to,
+                    initial_state=initial_state, progress=progress, stop=stop)
+
+
+def fit(run: RunSetup) -> FitOutcome:
+    """Train (from the planned checkpoint if any) and evaluate once more at the end, writing per-sample outputs.
+    ``NonFiniteLossError`` when a final metric is not finite; ``Preempted`` after a termination signal (a checkpoint
+    of the last step is saved first)."""
+    trainer, plan_ = run.trainer, run.start_plan
+    clear_stale(plan_.train_dir, plan_.stale)
+    samples_dir = plan_.train_dir / "samples"
+    run.stop.install()
     try:
-        train_start = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        train_seconds = time.perf_counter() - train_start - trainer.eval_seconds
+        run.progress.train_start = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=str(plan_.resume_from) if plan_.resume_from else None)
+        if run.stop.signalled:
+            raise Preempted(f"{run.run_id}: stopped on {run.stop.signalled} at step {trainer.state.global_step} "
+                            f"after saving a checkpoint; continue with the same command and resume=auto "
+                            f"(exit code {EXIT_PREEMPTED})")
+        totals = run.progress.snapshot()
         final = trainer.evaluate(output_dir=samples_dir if trainer.is_world_process_zero() else None)
         final = {k[len("eval_"):]: v for k, v in final.items()}
     finally:
-        if report_to:
+        run.stop.uninstall()
+        if run.report_to:
             _finish_wandb()
+
+    from runner.record import history_from_log
 
     history = history_from_log(trainer.state.log_history)
     losses = [p["train_loss"] for p in history if "train_loss" in p]
     final["train_loss"] = losses[-1] if losses else float(train_output.training_loss)
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"non-finite final metrics {final}; no record written")
+    return FitOutcome(final=final, history=history, totals=totals, samples_dir=samples_dir)
 
+
+def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | None = None) -> RunSummary:
+    """Save the trained adapter (or model); on rank 0, move an attempt made aside into the run folder, then write
+    the record and its copy in the run folder (last: a run without them is unfinished)."""
+    from runner.adapters import save_trained
+    from runner.record import build_record, write_json_atomic, write_record
+
+    cfg, trainer, method, train_dir = run.cfg, run.trainer, run.values["method"], run.start_plan.train_dir
     record: dict[str, Any] = {}
-    record_path = Path(str(cfg.results_dir)) / f"{run_id}.json"
+    record_path = Path(str(cfg.results_dir)) / f"{run.run_id}.json"
+    saved_dir = train_dir / ("model" if method == "fft" else "adapter")
     zero3 = trainer.is_deepspeed_enabled and trainer.model_wrapped.zero_optimization_stage() == 3
     if zero3:  # the weights are partitioned over the ranks: every rank takes part in gathering them for the save
-        trainer.save_model(str(output_dir / ("model" if method == "fft" else "adapter")))
+        trainer.save_model(str(saved_dir))
     if trainer.is_world_process_zero():
         if not zero3:
-            save_trained(trainer.model, tokenizer, output_dir, method)
+            save_trained(trainer.model, run.tokenizer, train_dir, method)
+        make_readable(saved_dir)
         analysis = None
-        if initial_state is not None:
+        if run.initial_state is not None:
             from moRA.analysis import analysis_for_record
 
-            analysis = analysis_for_record(trainer.model, initial_state, float(sv_threshold))
+            analysis = analysis_for_record(trainer.model, run.initial_state, float(cfg.task.sv_threshold))
+        if run.start_plan.aside:
+            swap_in_attempt(run.output_dir)
+        totals = outcome.totals
         record = build_record(
-            run_id=run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=r,
-            mora_type=info.get("mora_type"), model=str(cfg.model.name), seed=seed, lr=lr,
-            experiment=_choice(choices, "experiment"), sweep=None if cfg.get("sweep") is None else str(cfg.sweep),
-            config=resolved, params=info, history=history, final=final,
-            wall_time_s=time.time() - start,
-            tokens_per_s=(trainer.tokens_trained * trainer.args.world_size / train_seconds  # all processes
-                          if train_seconds > 0 else 0.0),
-            output_dir=str(output_dir), samples_dir=str(samples_dir), analysis=analysis,
+            run_id=run.run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=run.values["r"],
+            mora_type=run.info.get("mora_type"), model=str(cfg.model.name), seed=run.values["seed"],
+            lr=run.values["lr"], experiment=_choice(choices, "experiment"),
+            sweep=None if cfg.get("sweep") is None else str(cfg.sweep), config=run.resolved, params=run.info,
+            history=outcome.history, final=outcome.final,
+            wall_time_s=run.progress.wall_seconds + time.time() - run.progress.wall_start,  # every segment
+            tokens_per_s=totals["tokens"] / totals["train_seconds"] if totals["train_seconds"] > 0 else 0.0,
+            output_dir=str(run.output_dir), samples_dir=str(run.output_dir / outcome.samples_dir.name),
+            analysis=analysis,
         )
         record_path = write_record(record, cfg.results_dir)
-        write_json_atomic(record, output_dir / RECORD_COPY_NAME)
-    return RunSummary(run_id=run_id, record_path=record_path, output_dir=output_dir, final=final,
-                      wall_time_s=time.time() - start, record=record)
+        write_json_atomic(record, run.output_dir / RECORD_COPY_NAME)
+    return RunSummary(run_id=run.run_id, record_path=record_path, output_dir=run.output_dir, final=outcome.final,
+                      wall_time_s=time.time() - run.progress.wall_start, record=record,
+                      main_process=trainer.is_world_process_zero())
+
+
+def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
+                   extra_callbacks: Sequence[Any] = ()) -> RunSummary:
+    """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the
+    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash).
+    Only one live process runs a given run folder (``runner.run_lock``)."""
+    from runner.run_lock import RunLock
+
+    start = time.time()
+    validate_config(cfg)
+    skipped = skip_completed(cfg, start)
+    if skipped is not None:
+        return skipped
+    with RunLock(Path(str(cfg.output_dir)), str(cfg.run_id)):
+        run = setup(cfg, extra_callbacks, start)
+        return finalize(run, fit(run), choices)

@@ -1,6 +1,8 @@
 """Every shipped config composes and resolves: each option of each group, and each experiment file."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf, open_dict
 
@@ -35,10 +37,13 @@ def test_default_config_is_the_offline_cpu_run():
 def test_top_level_r_drives_the_adapter_and_the_run_id():
     cfg = _resolved(compose(["task=uuid", "adapter=mora", "r=256"]))
     assert cfg["adapter"]["r"] == 256
-    assert cfg["run_id"] == "uuid-tiny-mora-r256-sharing-lr3e-3-s42"
+    hashed = r"-[0-9a-f]{8}"  # + the config hash (runner/identity.py)
+    assert re.fullmatch("uuid-tiny-mora-r256-sharing-lr3e-3-s42" + hashed, cfg["run_id"])
     assert cfg["output_dir"] == f"outputs/{cfg['run_id']}"
-    assert _resolved(compose(["adapter=mora", "r=8"]))["run_id"] == "uuid-tiny-mora-r8-rope-lr3e-3-s42"
-    assert _resolved(compose(["adapter=fft", "r=8", "lr=2e-4", "seed=3"]))["run_id"] == "uuid-tiny-fft-lr2e-4-s3"
+    assert re.fullmatch("uuid-tiny-mora-r8-rope-lr3e-3-s42" + hashed,
+                        _resolved(compose(["adapter=mora", "r=8"]))["run_id"])
+    assert re.fullmatch("uuid-tiny-fft-lr2e-4-s3" + hashed,
+                        _resolved(compose(["adapter=fft", "r=8", "lr=2e-4", "seed=3"]))["run_id"])
     assert _resolved(compose(["run_id=mine"]))["output_dir"] == "outputs/mine"
 
 

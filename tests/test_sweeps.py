@@ -75,10 +75,13 @@ def _tiny(tmp_path: Path) -> list[str]:
 
 
 def _write_record(cfg, results_dir: Path) -> Path:
+    from omegaconf import OmegaConf
+
     from runner.record import build_record, write_record
 
+    config = OmegaConf.to_container(cfg, resolve=True)  # what a run records (its identity is this config's hash)
     record = build_record(run_id=str(cfg.run_id), task="uuid", adapter="mora", r=8, mora_type="rope", model="tiny",
-                          seed=int(cfg.seed), lr=float(cfg.lr), experiment=None, sweep="t", config={},
+                          seed=int(cfg.seed), lr=float(cfg.lr), experiment=None, sweep="t", config=config,
                           params={"trainable": 1, "total": 2, "lora_equivalent": 1}, history=[{"step": 1}],
                           final={"char_acc": 0.5}, wall_time_s=1.0, tokens_per_s=1.0, output_dir="o")
     return write_record(record, results_dir)
@@ -88,7 +91,10 @@ def _checkpoint(output_dir: Path, step: int, complete: bool = True) -> None:
     folder = output_dir / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     if complete:
+        from runner.checkpoints import write_marker
+
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        write_marker(folder, None)
 
 
 def test_resubmission_skips_completed_resumes_unfinished_and_starts_new(tmp_path):
@@ -125,10 +131,10 @@ def test_the_runner_applies_the_same_rule(tmp_path):
 
     out = tmp_path / "unfinished"
     _checkpoint(out, 5), _checkpoint(out, 7, complete=False)
-    assert plan_start(out, "auto", False) == (out / "checkpoint-5", [])
-    (out / "record.json").write_text("{}")  # a finished run's folder: start afresh, its checkpoints are stale
-    resume_from, stale = plan_start(out, "auto", False)
-    assert resume_from is None and {p.name for p in stale} == {"checkpoint-5", "checkpoint-7"}
+    assert plan_start(out, "auto", False) == (out / "checkpoint-5", [out / "checkpoint-7"])  # 7 is written again
+    (out / "record.json").write_text("{}")  # a finished run's folder: nothing is resumed from or deleted there
+    resume_from, stale = plan_start(out, "auto", True)
+    assert resume_from is None and stale == []
     assert resume_mode("auto") == "auto" and resume_mode(True) is True
     with pytest.raises(ValueError, match="resume must be true, false or auto, got 'sometimes'"):
         resume_mode("sometimes")

@@ -74,9 +74,12 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_writes_no_record(tmp_path
 
 
 def test_good_run_prints_one_summary_line_and_writes_the_record(tmp_path):
-    proc = train(tmp_path, *TINY_RUN_OVERRIDES, "adapter=mora", "r=8", "trainer.max_steps=2")
+    from tests.conftest import compose
+
+    overrides = [*TINY_RUN_OVERRIDES, "adapter=mora", "r=8", "trainer.max_steps=2"]
+    proc = train(tmp_path, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = "uuid-tiny-mora-r8-rope-lr3e-3-s42"
+    run_id = str(compose(overrides).run_id)  # uuid-tiny-mora-r8-rope-lr3e-3-s42-<config hash>
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{run_id}: char_acc=") and f"record {tmp_path}/results/{run_id}.json" in summary
     assert "trainable" in proc.stdout and "LoRA at r=8" in proc.stdout  # the parameter counts are printed

@@ -27,4 +27,5 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     # training moved the weights (M starts at 0), so the comparison above is not trivially true
     assert max(float(t.abs().max()) for k, t in reference.items() if ".mora_M." in k) > 100 * ATOL
     # one record, written by rank 0 only
-    assert [p.name for p in (tmp_path / "results").iterdir()] == ["uuid-tiny-mora-r8-rope-lr3e-3-s42.json"]
+    (record,) = [p.name for p in (tmp_path / "results").iterdir()]
+    assert record.startswith("uuid-tiny-mora-r8-rope-lr3e-3-s42-") and record.endswith(".json")

@@ -13,7 +13,6 @@ from pathlib import Path
 from tests.distributed.conftest import REPO, TIMEOUT_S, subprocess_env
 
 MAX_STEPS, SAVE_STEPS = 100, 20
-RUN_IDS = [f"uuid-tiny-mora-r8-rope-lr3e-3-s{s}" for s in (1, 2)]
 
 
 def _sweep(tmp_path: Path) -> list[str]:
@@ -26,10 +25,20 @@ def _sweep(tmp_path: Path) -> list[str]:
 
 
 def _complete_checkpoints(folder: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")
+                  if (p / "mora_checkpoint.json").is_file())  # complete: our marker is written last
+
+
+def _run_ids(tmp_path: Path) -> list[str]:
+    """The run ids of the sweep's two jobs (readable name + config hash)."""
+    from tests.conftest import compose
+
+    plain = [a for a in _sweep(tmp_path)[3:] if not a.startswith(("seed=", "hydra."))]
+    return [str(compose([*plain, f"seed={s}"]).run_id) for s in (1, 2)]
 
 
 def test_killed_sweep_resubmitted_completes_without_duplicates(tmp_path):
+    RUN_IDS = _run_ids(tmp_path)
     results, second_run = tmp_path / "results", tmp_path / "outputs" / RUN_IDS[1]
     # 1) submit; kill the whole sweep once the second run has saved a checkpoint (the first run is then finished)
     proc = subprocess.Popen(_sweep(tmp_path), cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,

@@ -72,8 +72,10 @@ def _worker(out_dir: str) -> None:
     from deepspeed.utils import safe_get_full_fp32_param
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from moRA.restart import (MOMENT_KEYS, RestartCallback, RestartConfig, _zero_optimizer, reset_optimizer_state,
-                              zero2_full_moment, zero2_local_moment)
+    from moRA.deepspeed_state import MOMENT_KEYS, zero2_full_moment, zero2_local_moment
+    from moRA.deepspeed_state import zero_optimizer as _zero_optimizer
+    from moRA.restart import RestartConfig, reset_optimizer_state
+    from runner.restart_callback import RestartCallback
     from tests.moRA.test_restart import FULL, IDS, _Rows, mora_model
 
     torch.manual_seed(0)

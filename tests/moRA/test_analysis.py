@@ -7,7 +7,7 @@ import torch
 import moRA
 from moRA.analysis import (analysis_for_record, analysis_for_saved_run, count_singular_values_above, delta_weights,
                            initial_weights)
-from moRA.restart import RestartCallback, RestartConfig, find_adapted_layers, merge_and_reinit
+from moRA.restart import RestartConfig, Restarter, find_adapted_layers, merge_and_reinit
 from tests.moRA.test_restart import TARGETS, lora_model, mora_model, randomise_adapters, tiny_base
 
 
@@ -75,7 +75,7 @@ def test_fft_delta_needs_initial_weights():
 def test_analysis_of_a_saved_relora_run_matches_the_live_one(tmp_path):
     model = lora_model(r=4, seed=0)
     initial = initial_weights(model)
-    cb = RestartCallback(RestartConfig(merge_every=1), model)
+    cb = Restarter(RestartConfig(merge_every=1), model)
     randomise_adapters(model, seed=4)
     cb.restart(None)
     randomise_adapters(model, seed=5)

@@ -2,10 +2,12 @@
 same history and final metrics as an uninterrupted run; partial checkpoints are never resumed from."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from transformers import TrainerCallback
 
-from runner.checkpoints import complete_checkpoints, plan_start
+from runner.checkpoints import complete_checkpoints, plan_start, write_marker
 from runner.errors import ResumeError
 from runner.record import load_record
 from runner.run import run_experiment
@@ -57,9 +59,45 @@ def test_partial_checkpoint_is_skipped_and_missing_checkpoint_is_an_error(tmp_pa
         plan_start(tmp_path, resume=True, overwrite=False)
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
-    assert plan_start(tmp_path, resume=True, overwrite=False) == (tmp_path / "checkpoint-2", [])
+    write_marker(tmp_path / "checkpoint-2", None)
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no marker
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    # the incomplete later checkpoint is stale: the resumed run writes it again
+    assert plan_start(tmp_path, resume=True, overwrite=False) == (tmp_path / "checkpoint-2",
+                                                                  [tmp_path / "checkpoint-4"])
     with pytest.raises(ResumeError, match="unfinished run"):
         plan_start(tmp_path, resume=False, overwrite=False)
     _, stale = plan_start(tmp_path, resume=False, overwrite=True)
     assert [p.name for p in stale] == ["checkpoint-2", "checkpoint-4"]
+
+
+class KillAtTrainEnd(TrainerCallback):
+    """Dies after the last checkpoint, before the final evaluation and the record."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        raise Killed("killed after training")
+
+
+def test_resume_on_a_finished_run_leaves_its_record_alone(compose_run_config):
+    summary = run_experiment(compose_run_config(*OVERRIDES, "run_id=done"))
+    before = summary.record_path.read_bytes()
+    copy_before = (summary.output_dir / "record.json").read_bytes()
+    again = run_experiment(compose_run_config(*OVERRIDES, "run_id=done", "resume=true"))
+    assert summary.record_path.read_bytes() == before and (summary.output_dir / "record.json").read_bytes() == \
+        copy_before
+    assert again.final == summary.final
+
+
+def test_the_record_of_a_resumed_run_counts_every_segment(compose_run_config):
+    from runner.checkpoints import read_marker
+
+    with pytest.raises(Killed):
+        run_experiment(compose_run_config(*OVERRIDES, "run_id=segments"), extra_callbacks=[KillAtTrainEnd()])
+    cfg = compose_run_config(*OVERRIDES, "run_id=segments", "resume=true")
+    earlier = read_marker(Path(str(cfg.output_dir)) / "checkpoint-6")["progress"]
+    assert earlier["tokens"] > 0 and earlier["train_seconds"] > 0 and earlier["wall_seconds"] > 0
+    record = load_record(run_experiment(cfg).record_path)  # trains no step: everything was done before the kill
+    assert record["wall_time_s"] > earlier["wall_seconds"]
+    # tokens/s over both segments (the second trained nothing): not 0.0 as when only the last segment counted
+    assert 0.5 * earlier["tokens"] / earlier["train_seconds"] < record["tokens_per_s"] <= \
+        earlier["tokens"] / earlier["train_seconds"]

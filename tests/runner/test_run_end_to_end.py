@@ -3,6 +3,8 @@ and (offline) W&B files."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,11 @@ def test_few_step_run_writes_a_valid_record(compose_run_config, case):
     assert json.loads((out / "record.json").read_text()) == record
     samples = (Path(record["samples_dir"]) / "uuid_samples.jsonl").read_text().splitlines()
     assert len(samples) == 8
+    umask = os.umask(0)
+    os.umask(umask)
+    readable = 0o644 & ~(umask & 0o022)  # like the records: teammates on shared storage can read adapters
+    for path in [*out.glob("adapter/*"), *out.glob("model/*"), *out.glob("checkpoint-4/*"), summary.record_path]:
+        assert stat.S_IMODE(path.stat().st_mode) == readable, path
     if case == "fft":
         assert record["r"] is None and record["params"]["trainable"] == record["params"]["total"]
         assert (out / "model" / "model.safetensors").is_file()
