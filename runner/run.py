@@ -198,6 +198,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     from runner.adapters import apply_adapter, describe_parameters, save_trained
     from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
     from runner.models import build_model
+    from runner.optimizers import optimizer_factory
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
@@ -222,7 +223,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
 
         initial_state = initial_weights(model)
 
-    callbacks: list[Any] = [EvaluateEveryCallback(int(cfg.trainer.eval_steps))]
+    callbacks: list[Any] = [EvaluateEveryCallback(cfg.trainer.eval_steps)]
     scheduler_factory = None
     if cfg.adapter.get("restart"):
         from runner.restart_wiring import restart_components
@@ -237,6 +238,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     trainer = TaskTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=data.collator, processing_class=tokenizer,
         callbacks=callbacks, task=task, task_tokenizer=tokenizer, scheduler_factory=scheduler_factory,
+        optimizer_factory=optimizer_factory(cfg.adapter),
     )
     clear_stale(output_dir, stale)
     samples_dir = output_dir / "samples"
