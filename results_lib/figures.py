@@ -294,7 +294,8 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
 
 FIGURE_BUILDERS = (uuid_figures, pretrain_figures, singular_value_figures, ablation_figures)
 FIGURE_PATTERNS = ("uuid_*.png", "uuid_*.pdf", "pretrain_loss__*.png", "pretrain_loss__*.pdf",
-                   "singular_values__*.png", "singular_values__*.pdf", "ablation__*.png", "ablation__*.pdf")
+                   "singular_values__*.png", "singular_values__*.pdf", "ablation__*.png", "ablation__*.pdf",
+                   "paper_fig*.png", "paper_fig*.pdf", "SOURCES.md")
 
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
@@ -317,6 +318,8 @@ def save_figure(fig: Figure, directory: Path | str, stem: str, formats: Sequence
 
 
 def build_all_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
-    """Every figure the records allow, in a fixed order."""
+    """Every figure the records allow, in a fixed order: the paper's (paper_figures.py), then the per-layer views."""
+    from .paper_figures import PAPER_FIGURE_BUILDERS
+
     with plt.rc_context(RC):
-        return [item for builder in FIGURE_BUILDERS for item in builder(records)]
+        return [item for builder in (*PAPER_FIGURE_BUILDERS, *FIGURE_BUILDERS) for item in builder(records)]
