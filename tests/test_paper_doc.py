@@ -15,6 +15,8 @@ CITATION = re.compile(r'PAPER\.md\s*"(##[^"]+)"')
 def _tracked_text_files():
     names = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     for name in names.splitlines():
+        if name in ("docs/PAPER.md", "tests/test_paper_doc.py"):  # they describe the citation form
+            continue
         if name.endswith((".py", ".yaml", ".md", ".sh", ".toml")) and (REPO_ROOT / name).is_file():
             yield name, (REPO_ROOT / name).read_text(encoding="utf-8", errors="replace")
 
