@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .grouping import MethodKey, choose_lr, final_metric, group_methods  # noqa: E402
+from .grouping import MethodKey, choose_lr, final_metric, format_point, group_methods  # noqa: E402
 from .metrics import metric_spec  # noqa: E402
-from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, adapter_name, format_lr, method_label, model_name, \
+from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, adapter_name, method_label, model_name, \
     model_sort_key, mora_type_name  # noqa: E402
 from .output import write_bytes_atomic  # noqa: E402
 from .records import RunRecord  # noqa: E402
@@ -87,7 +87,7 @@ def _plot_method_curves(ax, groups: dict[MethodKey, dict[float, list[RunRecord]]
         if not steps:
             continue
         label = method_label(key.adapter, key.r, key.mora_type, key.adapter in MORA_ADAPTERS)
-        label += f", lr {format_lr(lr)}, n={n}"
+        label += f", lr {format_point(lr)}, n={n}"
         mean = [m * scale for m in means]
         ax.plot(steps, mean, color=_color(key.adapter), linestyle=styles.get(key.r, "-"), linewidth=1.6,
                 label=label)
@@ -279,7 +279,7 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
             mean = statistics.fmean(values)
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             ax.bar(x, mean, yerr=std if len(values) > 1 else None, capsize=4, color="tab:red", alpha=0.8)
-            ax.annotate(f"n={len(values)}\nlr {format_lr(lr)}", (x, mean + std), textcoords="offset points",
+            ax.annotate(f"n={len(values)}\nlr {format_point(lr)}", (x, mean + std), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=7)
         ax.set_xticks(range(len(types)), [mora_type_name(t) for t in types], rotation=30, ha="right", fontsize=8)
         ax.set_xlabel("compression / decompression type")
@@ -294,7 +294,8 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
 
 FIGURE_BUILDERS = (uuid_figures, pretrain_figures, singular_value_figures, ablation_figures)
 FIGURE_PATTERNS = ("uuid_*.png", "uuid_*.pdf", "pretrain_loss__*.png", "pretrain_loss__*.pdf",
-                   "singular_values__*.png", "singular_values__*.pdf", "ablation__*.png", "ablation__*.pdf")
+                   "singular_values__*.png", "singular_values__*.pdf", "ablation__*.png", "ablation__*.pdf",
+                   "paper_fig*.png", "paper_fig*.pdf", "SOURCES.md")
 
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
@@ -317,6 +318,8 @@ def save_figure(fig: Figure, directory: Path | str, stem: str, formats: Sequence
 
 
 def build_all_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
-    """Every figure the records allow, in a fixed order."""
+    """Every figure the records allow, in a fixed order: the paper's (paper_figures.py), then the per-layer views."""
+    from .paper_figures import PAPER_FIGURE_BUILDERS
+
     with plt.rc_context(RC):
-        return [item for builder in FIGURE_BUILDERS for item in builder(records)]
+        return [item for builder in (*PAPER_FIGURE_BUILDERS, *FIGURE_BUILDERS) for item in builder(records)]

@@ -1,8 +1,10 @@
-"""Grouping runs into settings, mean ± std over seeds, and choosing the learning rate of a learning-rate sweep.
+"""Grouping runs into settings, mean ± std over seeds, and choosing the grid point of a sweep.
 
-A *setting* is (task, model, adapter, r, mora_type, lr); its runs differ only in the seed. A *method* is a setting
-without the lr: when a method was run at several learning rates, the tables and figures show the lr whose mean
-metric is best (ties broken by the lower mean final ``train_loss``, then the smaller lr) and say which lr that was.
+A *setting* is (task, model, adapter, r, mora_type, grid point); its runs differ only in the seed. A *grid point* is
+the lr plus the other values the paper searched for some methods (LoRA+'s λ, ReLoRA's merge interval: ``GRID_KEYS``).
+A *method* is a setting without the grid point: when a method was run at several points, the tables and figures show
+the point whose mean metric is best (ties broken by the lower mean final ``train_loss``, then the smaller point) and
+say which point that was — as the paper reports the best point of its grids (Table 5).
 """
 from __future__ import annotations
 
@@ -10,8 +12,37 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from .naming import adapter_sort_key, model_sort_key, mora_type_sort_key, r_sort_key
+from .naming import adapter_sort_key, format_lr, model_sort_key, mora_type_sort_key, r_sort_key
 from .records import RunRecord
+
+# Config keys searched besides the lr, with their short label (docs/PAPER.md "## Table 5 — fine-tuning
+# hyper-parameters": LoRA+'s λ, ReLoRA's merge interval).
+GRID_KEYS = {"adapter.loraplus_lr_ratio": "λ", "adapter.restart.merge_every": "every"}
+
+
+class GridPoint(NamedTuple):
+    """The lr and the other searched values of a run, ordered by lr first."""
+
+    lr: float
+    extras: tuple[tuple[str, float], ...] = ()
+
+    def label(self) -> str:
+        """``"3e-4"``, or with other grid values ``"3e-4, λ=2"``."""
+        return ", ".join([format_lr(self.lr)] + [f"{GRID_KEYS.get(k, k)}={v:g}" for k, v in self.extras])
+
+
+def grid_point(record: RunRecord) -> GridPoint:
+    extras = []
+    for key in GRID_KEYS:
+        value = record.config_value(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            extras.append((key, float(value)))
+    return GridPoint(record.lr, tuple(extras))
+
+
+def format_point(point) -> str:
+    """A grid point's label (a plain float is an lr)."""
+    return point.label() if isinstance(point, GridPoint) else format_lr(point)
 
 
 class MethodKey(NamedTuple):
@@ -53,18 +84,18 @@ def latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
     (by ``created``, then path), so a repeated run is not counted as an extra seed."""
     best: dict[tuple, RunRecord] = {}
     for record in records:
-        key = (method_key(record), record.lr, record.seed)
+        key = (method_key(record), grid_point(record), record.seed)
         current = best.get(key)
         if current is None or (record.created, record.path) > (current.created, current.path):
             best[key] = record
     return sorted(best.values(), key=lambda rec: rec.path)
 
 
-def group_methods(records: Iterable[RunRecord]) -> dict[MethodKey, dict[float, list[RunRecord]]]:
-    """``{method: {lr: [runs of that setting, one per seed, sorted by seed]}}`` in display order."""
-    groups: dict[MethodKey, dict[float, list[RunRecord]]] = {}
+def group_methods(records: Iterable[RunRecord]) -> dict[MethodKey, dict[GridPoint, list[RunRecord]]]:
+    """``{method: {grid point: [runs of that setting, one per seed, sorted by seed]}}`` in display order."""
+    groups: dict[MethodKey, dict[GridPoint, list[RunRecord]]] = {}
     for record in latest_per_seed(records):
-        groups.setdefault(method_key(record), {}).setdefault(record.lr, []).append(record)
+        groups.setdefault(method_key(record), {}).setdefault(grid_point(record), []).append(record)
     ordered = {}
     for key in sorted(groups, key=MethodKey.sort_key):
         ordered[key] = {lr: sorted(runs, key=lambda rec: rec.seed) for lr, runs in sorted(groups[key].items())}

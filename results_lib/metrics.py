@@ -44,10 +44,22 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in [
 ]}
 
 
+# The continual-pretraining suites' tasks (Appendix C; Tables 6 and 7), as ``<domain>/<task>`` metrics.
+SUITE_TASK_LABELS = {
+    "pubmedqa": "PubMedQA", "usmle": "USMLE", "biommlu": "BioMMLU", "rct": "RCT", "chemprot": "ChemProt", "mqp": "MQP",
+    "convfinqa": "ConvFinQA", "fiqa_sa": "FiQA SA", "headline": "Headline", "ner": "NER", "fpb": "FPB",
+}
+
+
 def metric_spec(name: str) -> MetricSpec:
-    """The spec of a metric name; ``ppl@<len>`` and unknown names get a generic one (lower-is-better for *loss*/*ppl*)."""
+    """The spec of a metric name; ``<domain>/<task>`` is a suite task in %; ``ppl@<len>`` and unknown names get a
+    generic one (lower-is-better for *loss*/*ppl*)."""
     if name in METRICS:
         return METRICS[name]
+    suite_task = re.fullmatch(r"(biomed|finance)/([a-z_]+)", name)
+    if suite_task:
+        task = suite_task.group(2)
+        return MetricSpec(name, f"{SUITE_TASK_LABELS.get(task, task)} (%)", True, percent=True, digits=1)
     length = re.fullmatch(r"ppl@(\d+)", name)
     if length:
         return MetricSpec(name, f"ppl @ {length.group(1)} tokens", False, digits=2)

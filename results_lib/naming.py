@@ -13,7 +13,7 @@ MODEL_NAMES = {"tiny": "tiny", "tiny_scratch": "tiny (from scratch)", "llama_250
                "llama2_7b": "LLaMA-2 7B"}
 MODEL_ORDER = ["tiny", "tiny_scratch", "llama_250m", "llama_1b", "llama2_7b"]
 
-# The compression/decompression types of MORA.md §2 in the order of the ablation table.
+# The compression/decompression types (docs/PAPER.md, Eqs. 4–9) in the order of the ablation table.
 MORA_TYPE_ORDER = ["sharing", "contiguous", "contiguous_tile", "sharing_interleave", "rope", "truncation", "decouple"]
 MORA_TYPE_NAMES = {
     "sharing": "sharing (1)", "contiguous": "contiguous (2)", "contiguous_tile": "contiguous + tile (3)",

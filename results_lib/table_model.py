@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 MISSING = "—"
 
@@ -32,10 +32,14 @@ class Row:
 
 @dataclass
 class Section:
+    """``identity`` = what every row of the section shares (e.g. ``{"model": "tiny"}``), so that a paper value of a
+    setting with no run yet finds its section."""
+
     title: str | None
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,6 +49,10 @@ class Table:
     description: str
     sections: list[Section] = field(default_factory=list)
     empty_message: str = "No completed records for this table yet."
+    # How to show a paper value whose setting has no run: new_section(identity, references) makes the section for
+    # that identity (when no section's identity fits), new_row(identity) the row (label cells only).
+    new_section: Callable[[dict[str, Any], Sequence[Any]], Section] | None = field(default=None, repr=False)
+    new_row: Callable[[dict[str, Any]], Row] | None = field(default=None, repr=False)
 
 
 def _md_cell(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Builders of the paper's tables from result records (MORA.md §4).
+"""Builders of the paper's tables from result records (docs/PAPER.md: Tables 1–3; Tables 4, 6, 7 in paper_tables.py).
 
 Each builder takes the loaded records and returns a :class:`Table`; ``build_all_tables`` returns them all in a fixed
 order. Conventions shared by every table:
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-from .grouping import LrChoice, MethodKey, aggregate, choose_lr, final_metric, group_methods, metric_at_step
+from .grouping import LrChoice, MethodKey, aggregate, choose_lr, final_metric, format_point, grid_point, group_methods, \
+    metric_at_step
 from .metrics import MetricSpec, metric_spec, ppl_length
-from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, format_lr, method_label, model_name, model_sort_key, \
+from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, method_label, model_name, model_sort_key, \
     mora_type_name, mora_type_sort_key
 from .records import RunRecord, canonical_mora_type
 from .reference import ReferenceValue, add_reference_columns
@@ -52,22 +53,39 @@ def lr_note(label: str, choice: LrChoice, spec: MetricSpec, what: str) -> str | 
     """The note that keeps an lr sweep visible: every candidate's mean and which lr the row shows."""
     if not choice.swept:
         return None
-    candidates = ", ".join(f"{format_lr(lr)} → {spec.format_number(stat.mean) if stat else MISSING}"
+    candidates = ", ".join(f"{format_point(lr)} → {spec.format_number(stat.mean) if stat else MISSING}"
                            for lr, stat in choice.candidates)
     seeds = ""
     if choice.seeds is not None:
         seeds = f" on seed{'s' if len(choice.seeds) > 1 else ''} {', '.join(str(s) for s in choice.seeds)}"
-    return f"{label}: lr {format_lr(choice.lr)} shown, best mean {what}{seeds} among lr {candidates}."
+    return f"{label}: lr {format_point(choice.lr)} shown, best mean {what}{seeds} among lr {candidates}."
 
 
 def _method_label(key: MethodKey) -> str:
     return method_label(key.adapter, key.r, key.mora_type, show_type=key.adapter in MORA_ADAPTERS)
 
 
+def _label_row(ident: dict) -> Row:
+    """The row of a paper value whose setting has no run: its model and method, "—" elsewhere."""
+    key = MethodKey(ident.get("task", ""), ident.get("model", ""), ident.get("adapter", ""), ident.get("r"),
+                    ident.get("mora_type"))
+    cells = {"model": model_name(key.model) if key.model else MISSING, "method": _method_label(key)}
+    if key.mora_type is not None:
+        cells["mora_type"] = mora_type_name(key.mora_type)
+    return Row(dict(ident), cells)
+
+
+# The steps of the paper's Table 2 (§5.1).
+PAPER_UUID_STEPS = (300, 500, 700, 900)
+
+
 def choose_steps(runs: Iterable[RunRecord], metric: str = "char_acc", count: int = 4) -> list[int]:
-    """``count`` evaluation steps spread evenly over the union of steps at which ``metric`` was logged, ending at
-    the last one (e.g. 25 %, 50 %, 75 %, 100 % of the eval grid)."""
+    """The paper's steps (Table 2: 300, 500, 700, 900) when the runs logged them all, else ``count`` evaluation steps
+    spread evenly over the union of steps at which ``metric`` was logged, ending at the last one (e.g. 25 %, 50 %,
+    75 %, 100 % of the eval grid)."""
     steps = sorted({step for run in runs for step, _ in run.curve(metric)})
+    if set(PAPER_UUID_STEPS) <= set(steps):
+        return list(PAPER_UUID_STEPS)
     if len(steps) <= count:
         return steps
     return sorted({steps[round((i + 1) * len(steps) / count) - 1] for i in range(count)})
@@ -77,23 +95,32 @@ def build_uuid_table(records: Sequence[RunRecord], steps: Sequence[int] | None =
     """UUID memorization: char accuracy at chosen steps and at the end, exact match, one section per model.
 
     MoRA rows use the paper's type for their rank (the other types are in the ablation table)."""
-    table = Table("uuid_memorization", "UUID memorization",
+    table = Table("uuid_memorization", "UUID memorization (Table 2)",
                   "Greedy character accuracy of the generated value given its key (%), at chosen training steps and "
                   "at the end of training; mean ± std over seeds (n). MoRA uses the paper's type for its rank "
                   "(RoPE below r = 64, sharing from 64).")
     runs = [rec for rec in records if rec.task == UUID_TASK and is_paper_default_type(rec)]
     acc = metric_spec("char_acc")
-    for model in sorted({rec.model for rec in runs}, key=model_sort_key):
-        model_runs = [rec for rec in runs if rec.model == model]
-        shown_steps = list(steps) if steps else choose_steps(model_runs)
+
+    def uuid_section(model: str, shown_steps: Sequence[int]) -> Section:
         columns = [Column("method", "Method", False), Column("trainable", "trainable params"), Column("lr", "lr")]
         columns += [Column(f"char_acc@{s}", f"char acc @ step {s} (%)") for s in shown_steps]
         columns += [Column("char_acc", "final char acc (%)"), Column("exact_match", "final exact match (%)")]
-        section = Section(f"model {model_name(model)}", columns, [])
+        return Section(f"model {model_name(model)}", columns, [], identity={"model": model})
+
+    def paper_section(ident: dict, references: Sequence) -> Section:
+        logged = sorted({int(ref.metric.split("@")[1]) for ref in references if "@" in ref.metric})
+        return uuid_section(ident.get("model", "?"), logged)
+
+    table.new_section, table.new_row = paper_section, _label_row
+    for model in sorted({rec.model for rec in runs}, key=model_sort_key):
+        model_runs = [rec for rec in runs if rec.model == model]
+        shown_steps = list(steps) if steps else choose_steps(model_runs)
+        section = uuid_section(model, shown_steps)
         for key, by_lr in group_methods(model_runs).items():
             choice = choose_lr(by_lr, final_metric("char_acc"), higher_is_better=True)
             chosen = by_lr[choice.lr]
-            cells = {"method": _method_label(key), "trainable": trainable_cell(chosen), "lr": format_lr(choice.lr)}
+            cells = {"method": _method_label(key), "trainable": trainable_cell(chosen), "lr": format_point(choice.lr)}
             for s in shown_steps:
                 cells[f"char_acc@{s}"] = acc.format_stat(aggregate(metric_at_step("char_acc", s)(r) for r in chosen))
             for metric in ("char_acc", "exact_match"):
@@ -111,9 +138,9 @@ def _cell_over_tasks(runs: Sequence[RunRecord], metric: str) -> tuple[str, LrCho
     with_metric = [run for run in runs if metric in run.final]
     if not with_metric:
         return MISSING, None
-    by_lr: dict[float, list[RunRecord]] = {}
+    by_lr: dict = {}
     for run in with_metric:
-        by_lr.setdefault(run.lr, []).append(run)
+        by_lr.setdefault(grid_point(run), []).append(run)
     spec = metric_spec(metric)
     choice = choose_lr(by_lr, final_metric(metric), spec.higher_is_better)
     return spec.format_stat(aggregate(run.final[metric] for run in by_lr[choice.lr])), choice
@@ -123,20 +150,25 @@ def build_finetune_table(records: Sequence[RunRecord]) -> Table:
     """The fine-tuning table: rows model × method × r, columns MMLU 0/5-shot, GSM8K, MATH, BioMed, Finance.
 
     The columns come from different tasks (instruct, math, continual pretraining); each cell picks its own lr."""
-    table = Table("finetune", "Fine-tuning",
-                  "Instruction tuning (MMLU 0-/5-shot), mathematical reasoning (GSM8K, MATH) and continual "
-                  "pretraining (BioMed, Finance: average of the AdaptLLM task suite), accuracy / F1 in %; "
-                  "mean ± std over seeds (n).")
+    table = Table("finetune", "Fine-tuning (Table 1)",
+                  "Instruction tuning on Tülu v2 (MMLU 0-/5-shot), MetaMath (GSM8K, MATH) and continual "
+                  "pretraining (BioMed, Finance: the average of the domain's suite, Tables 6–7), accuracy / F1 in %; "
+                  "each cell at its best grid point; mean ± std over seeds (n).")
     runs = [rec for rec in records if any(metric in rec.final for metric in FINETUNE_METRICS)]
     # One row per (model, adapter, r, mora_type) across the tasks that feed the columns.
     rows: dict[tuple, list[RunRecord]] = {}
     for run in runs:
         rows.setdefault((run.model, run.adapter, run.r, run.mora_type), []).append(run)
+
+    def finetune_section(ident=None, references=()) -> Section:
+        columns = [Column("model", "Model", False), Column("method", "Method", False)]
+        columns += [Column(metric, metric_spec(metric).label) for metric in FINETUNE_METRICS]
+        return Section(None, columns, [])
+
+    table.new_section, table.new_row = finetune_section, _label_row
     if not rows:
         return table
-    columns = [Column("model", "Model", False), Column("method", "Method", False)]
-    columns += [Column(metric, metric_spec(metric).label) for metric in FINETUNE_METRICS]
-    section = Section(None, columns, [])
+    section = finetune_section()
     for row_key in sorted(rows, key=lambda k: MethodKey("", *k).sort_key()):
         model, adapter, r, mora_type = row_key
         key = MethodKey("", model, adapter, r, mora_type)
@@ -162,21 +194,27 @@ def _pretrain_groups(records: Sequence[RunRecord]) -> dict[MethodKey, dict[float
 
 def build_pretrain_table(records: Sequence[RunRecord]) -> Table:
     """Pretraining from scratch: final validation perplexity, rows model × method (LoRA, MoRA, ReLoRA, ReMoRA…)."""
-    table = Table("pretrain_ppl", "Pretraining perplexity",
+    table = Table("pretrain_ppl", "Pretraining perplexity (Table 3)",
                   "Validation perplexity at the end of pretraining from scratch (lower is better); "
                   "mean ± std over seeds (n).")
     groups = _pretrain_groups(records)
+    ppl = metric_spec("val_ppl")
+
+    def pretrain_section(ident=None, references=()) -> Section:
+        columns = [Column("model", "Model", False), Column("method", "Method", False),
+                   Column("trainable", "trainable params"), Column("lr", "lr"), Column("val_ppl", ppl.label),
+                   Column("val_loss", metric_spec("val_loss").label)]
+        return Section(None, columns, [])
+
+    table.new_section, table.new_row = pretrain_section, _label_row
     if not groups:
         return table
-    ppl = metric_spec("val_ppl")
-    columns = [Column("model", "Model", False), Column("method", "Method", False), Column("trainable", "trainable params"),
-               Column("lr", "lr"), Column("val_ppl", ppl.label), Column("val_loss", metric_spec("val_loss").label)]
-    section = Section(None, columns, [])
+    section = pretrain_section()
     for key, by_lr in groups.items():
         choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
         chosen = by_lr[choice.lr]
         cells = {"model": model_name(key.model), "method": _method_label(key), "trainable": trainable_cell(chosen),
-                 "lr": format_lr(choice.lr)}
+                 "lr": format_point(choice.lr)}
         for metric in ("val_ppl", "val_loss"):
             cells[metric] = metric_spec(metric).format_stat(aggregate(run.final.get(metric) for run in chosen))
         section.rows.append(Row(identity(key), cells))
@@ -205,7 +243,7 @@ def build_ppl_by_length_table(records: Sequence[RunRecord]) -> Table:
         chosen = by_lr[choice.lr]
         if not any(ppl_length(m) for run in chosen for m in run.final):
             continue
-        cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_lr(choice.lr)}
+        cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_point(choice.lr)}
         for n in lengths:
             cells[f"ppl@{n}"] = metric_spec(f"ppl@{n}").format_stat(aggregate(run.final.get(f"ppl@{n}") for run in chosen))
         section.rows.append(Row(identity(key), cells))
@@ -248,7 +286,7 @@ def build_ablation_table(records: Sequence[RunRecord]) -> Table:
             choice = choose_lr(by_lr, final_metric(metrics[0]), lead.higher_is_better)
             chosen = by_lr[choice.lr]
             cells = {"mora_type": mora_type_name(mora_type), "trainable": trainable_cell(chosen),
-                     "lr": format_lr(choice.lr)}
+                     "lr": format_point(choice.lr)}
             for m in metrics:
                 cells[m] = metric_spec(m).format_stat(aggregate(run.final.get(m) for run in chosen))
             section.rows.append(Row(ident, cells))
@@ -259,20 +297,27 @@ def build_ablation_table(records: Sequence[RunRecord]) -> Table:
     return table
 
 
-TABLE_BUILDERS: dict[str, Callable[[Sequence[RunRecord]], Table]] = {
-    "uuid": build_uuid_table,
-    "finetune": build_finetune_table,
-    "pretrain_ppl": build_pretrain_table,
-    "ppl_by_length": build_ppl_by_length_table,
-    "ablation": build_ablation_table,
-}
+def table_builders() -> dict[str, Callable[[Sequence[RunRecord]], Table]]:
+    """Every table in build order, keyed by its reference-file name."""
+    from .paper_tables import build_gsm8k_ablation_table, build_suite_table
+
+    return {
+        "uuid": build_uuid_table,
+        "finetune": build_finetune_table,
+        "biomed": lambda records: build_suite_table(records, "biomed"),
+        "finance": lambda records: build_suite_table(records, "finance"),
+        "pretrain_ppl": build_pretrain_table,
+        "ppl_by_length": build_ppl_by_length_table,
+        "ablation_gsm8k": build_gsm8k_ablation_table,
+        "ablation": build_ablation_table,
+    }
 
 
 def build_all_tables(records: Sequence[RunRecord], references: dict[str, list[ReferenceValue]] | None = None,
                      uuid_steps: Sequence[int] | None = None) -> dict[str, Table]:
     """Every table, keyed by its reference-file name, with paper columns merged where references match."""
     tables = {}
-    for name, builder in TABLE_BUILDERS.items():
+    for name, builder in table_builders().items():
         table = build_uuid_table(records, uuid_steps) if name == "uuid" else builder(records)
         if references and references.get(name):
             table = add_reference_columns(table, references[name])

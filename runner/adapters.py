@@ -1,4 +1,5 @@
-"""Put an adapter on a base model: FFT, LoRA, DoRA, HiRA, MiSS (PEFT's own) or MoRA (``moRA``), from ``cfg.adapter``.
+"""Put an adapter on a base model: FFT, LoRA (and its LoRA+ / AsyLoRA / ReLoRA variants), DoRA, HiRA, MiSS (PEFT's
+own) or MoRA (``moRA``), from ``cfg.adapter``.
 
 ``apply_adapter(model, adapter_cfg, r) -> (model, info)``; ``info`` = ``{"trainable", "total", "lora_equivalent"}``
 where ``lora_equivalent`` is LoRA's parameter count Σ (d + k)·r over the same target projections (``None`` for
@@ -6,18 +7,28 @@ FFT), so MoRA's count can be printed next to the LoRA it is compared with.
 
 Adapter config keys (``configs/adapter/<name>.yaml``): ``name`` (recorded), ``method`` (fft | lora | dora | hira |
 miss | mora; defaults to the name, with relora → lora and remora → mora), ``r``, ``alpha`` (LoRA/DoRA), ``dropout``,
-``mora_type`` (MoRA), ``target_modules``, ``modules_to_save``, ``lr`` (the default learning rate; used by the config).
+``mora_type`` (MoRA), ``target_modules`` (default: configs/targets/llama.yaml), ``modules_to_save``, ``lr`` (the
+default learning rate; used by the config), ``lora_init`` (LoRA: ``asylora`` = AsyLoRA's initialisation of A),
+``loraplus_lr_ratio`` (LoRA: λ of LoRA+, applied by the optimizer: runner/optimizers.py).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+import yaml
 from torch import nn
 
 from runner.errors import ConfigError
 from runner.validation import METHODS, adapter_method, check_rank
 
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The seven LLaMA projections, read from their one home (the file every configs/adapter/*.yaml includes).
+TARGETS_FILE = Path(__file__).resolve().parents[1] / "configs" / "targets" / "llama.yaml"
+LLAMA_PROJECTIONS = list(yaml.safe_load(TARGETS_FILE.read_text(encoding="utf-8"))["target_modules"])
+LORA_INITS = ("default", "asylora")
+# AsyLoRA's official code draws A's rows from the SVD of a uniform random k × max(k, 4096) matrix.
+ASYLORA_MIN_COLUMNS = 4096
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -97,6 +108,54 @@ def peft_config(method: str, adapter_cfg: Mapping[str, Any], r: int, targets: li
     raise ConfigError(f"unknown adapter method {method!r}; valid: {', '.join(METHODS)}")
 
 
+def random_orthonormal_rows(r: int, k: int, columns: int = ASYLORA_MIN_COLUMNS,
+                            device: torch.device | str | None = None) -> torch.Tensor:
+    """``(r, k)`` float32 with orthonormal rows (``A Aᵀ = I_r``; needs ``r ≤ k``): the first ``r`` rows of the left
+    singular vectors U (k × k, an orthogonal matrix) of a uniform random ``k × max(k, columns)`` matrix, as AsyLoRA's
+    official code draws them (docs/PAPER.md "## §5 — baselines"). Drawn from torch's global RNG (``set_seed``)."""
+    if r > k:
+        raise ConfigError(f"adapter.lora_init=asylora needs r <= in_features, got r={r} > {k}")
+    sample = torch.rand(k, max(k, columns), device=device, dtype=torch.float32)
+    u, _, _ = torch.linalg.svd(sample, full_matrices=False)
+    return u[:r, :]
+
+
+def asylora_init(model: nn.Module, adapter_name: str = "default") -> int:
+    """AsyLoRA's initialisation on every LoRA layer of ``model``: A ← orthonormal rows (a fresh draw per layer),
+    B ← 0; both stay trainable. The SVDs run on the GPU when there is one (a 7B model has 224 of them, up to
+    11008 × 11008). Returns the number of layers initialised."""
+    device = "cuda" if torch.cuda.is_available() else None
+    count = 0
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(lora_a, nn.ModuleDict) or adapter_name not in lora_a:
+            continue
+        weight_a, weight_b = lora_a[adapter_name].weight, lora_b[adapter_name].weight
+        rows = random_orthonormal_rows(weight_a.shape[0], weight_a.shape[1], device=device)
+        with torch.no_grad():
+            weight_a.copy_(rows.to(dtype=weight_a.dtype, device=weight_a.device))
+            weight_b.zero_()
+        count += 1
+    return count
+
+
+def check_lora_extras(method: str, adapter_cfg: Mapping[str, Any]) -> tuple[str, float | None]:
+    """``(lora_init, loraplus_lr_ratio)`` of a LoRA adapter config; ``ConfigError`` for a bad value or for either key
+    on a method other than LoRA (they would be silently ignored there)."""
+    lora_init = str(adapter_cfg.get("lora_init") or "default")
+    ratio = adapter_cfg.get("loraplus_lr_ratio")
+    if method != "lora":
+        for key in ("lora_init", "loraplus_lr_ratio"):
+            if adapter_cfg.get(key) is not None:
+                raise ConfigError(f"adapter.{key} applies to LoRA only, not to method {method!r}")
+        return lora_init, None
+    if lora_init not in LORA_INITS:
+        raise ConfigError(f"adapter.lora_init={lora_init!r} is not one of {', '.join(LORA_INITS)}")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
+        raise ConfigError(f"adapter.loraplus_lr_ratio must be a positive number, got {ratio!r}")
+    return lora_init, None if ratio is None else float(ratio)
+
+
 def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Wrap ``model`` with the adapter of ``adapter_cfg`` at rank ``r`` (``r`` is ignored by fft).
 
@@ -104,6 +163,7 @@ def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> t
     (``mora_type``: the resolved canonical type for MoRA, else ``None``).
     """
     method = adapter_method(adapter_cfg)
+    lora_init, _ = check_lora_extras(method, adapter_cfg)
     if method == "fft":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -121,6 +181,8 @@ def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> t
         wrapped = peft.get_peft_model(model, config)
     except ValueError as e:  # e.g. a rank a method cannot use with these layer shapes
         raise ConfigError(f"adapter {method} at r={r}: {str(e).splitlines()[0]}") from None
+    if lora_init == "asylora":
+        asylora_init(wrapped)
     trainable, total = count_parameters(wrapped)
     mora_type = None
     if method == "mora":
@@ -162,7 +224,7 @@ def save_trained(model: nn.Module, tokenizer, output_dir, method: str) -> str:
 
 
 __all__ = [
-    "LLAMA_PROJECTIONS", "METHODS", "adapter_method", "apply_adapter", "check_rank", "count_parameters",
-    "describe_parameters", "lora_equivalent_count", "peft_config", "resolved_mora_type", "save_trained",
+    "LLAMA_PROJECTIONS", "METHODS", "adapter_method", "apply_adapter", "asylora_init", "check_lora_extras",
+    "check_rank", "count_parameters", "describe_parameters", "random_orthonormal_rows", "lora_equivalent_count", "peft_config", "resolved_mora_type", "save_trained",
     "target_linears",
 ]

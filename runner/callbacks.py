@@ -2,7 +2,7 @@
 stopping cleanly on a cluster's termination signal.
 
 Evaluation itself is ``TaskTrainer.evaluate`` (runner/training.py), which calls ``task.evaluate``; these callbacks
-only decide *when* (every ``eval_steps`` optimizer steps, the last step excepted: the run evaluates once more after
+only decide *when* (every ``eval_steps`` optimizer steps or at listed steps, the last step excepted: the run evaluates once more after
 training, writing per-sample outputs).
 """
 from __future__ import annotations
@@ -15,14 +15,20 @@ from transformers import TrainerCallback
 
 class EvaluateEveryCallback(TrainerCallback):
     """Request an evaluation every ``eval_steps`` optimizer steps, except at the final step (``max_steps``), which
-    ``run_experiment`` evaluates after ``train()`` returns. ``eval_steps <= 0`` disables intermediate evaluations."""
+    ``run_experiment`` evaluates after ``train()`` returns. ``eval_steps``: a positive int (every N steps), a list of
+    steps (exactly those, e.g. the paper's UUID steps 300, 500, 700, 900), or ``None`` / ``<= 0`` (only at the end)."""
 
-    def __init__(self, eval_steps: int):
-        self.eval_steps = int(eval_steps)
+    def __init__(self, eval_steps):
+        self.every, self.at = 0, frozenset()
+        if isinstance(eval_steps, int):
+            self.every = eval_steps
+        elif eval_steps is not None:  # a list (or OmegaConf ListConfig) of steps
+            self.at = frozenset(int(step) for step in eval_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
-        if self.eval_steps > 0 and step % self.eval_steps == 0 and step < state.max_steps:
+        due = (self.every > 0 and step % self.every == 0) or step in self.at
+        if due and step < state.max_steps:
             control.should_evaluate = True
         return control
 

@@ -325,6 +325,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     from runner.callbacks import (CheckpointMarkerCallback, EvaluateEveryCallback, StopOnSignalCallback,
                                   WandbConfigCallback)
     from runner.models import build_model
+    from runner.optimizers import optimizer_factory
     from runner.training import TaskTrainer, training_arguments
 
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
@@ -351,7 +352,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
 
     progress = Progress.resumed_from(start_plan.resume_from, start)
     stop = StopOnSignalCallback()
-    callbacks: list[Any] = [EvaluateEveryCallback(int(cfg.trainer.eval_steps)), stop]
+    callbacks: list[Any] = [EvaluateEveryCallback(cfg.trainer.eval_steps), stop]
     scheduler_factory = None
     if cfg.adapter.get("restart"):
         from runner.restart_wiring import restart_components
@@ -367,6 +368,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     trainer = TaskTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=data.collator, processing_class=tokenizer,
         callbacks=callbacks, task=task, task_tokenizer=tokenizer, scheduler_factory=scheduler_factory,
+        optimizer_factory=optimizer_factory(cfg.adapter),
     )
     progress.trainer = trainer
     return RunSetup(cfg=cfg, run_id=run_id, output_dir=output_dir, values=values, resolved=resolved,

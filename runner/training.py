@@ -138,17 +138,25 @@ class TaskTrainer(Trainer):
     - ``evaluate()`` → ``task.evaluate(model, tokenizer)``; metrics are logged as ``eval_<name>`` (W&B, log history).
     - ``training_step`` raises ``NonFiniteLossError`` on a NaN/inf loss *before* the optimizer step: the weights and
       the checkpoints on disk stay those of the last good step.
-    - ``create_scheduler`` uses ``scheduler_factory(optimizer, num_training_steps)`` when one is given.
+    - ``create_scheduler`` uses ``scheduler_factory(optimizer, num_training_steps)`` when one is given, and
+      ``create_optimizer`` ``optimizer_factory(model, args)`` (runner/optimizers.py: LoRA+).
     - counts trained (non-padding) tokens and the time spent in evaluation, for tokens/s.
     """
 
-    def __init__(self, *args, task, task_tokenizer, scheduler_factory: Callable | None = None, **kwargs):
+    def __init__(self, *args, task, task_tokenizer, scheduler_factory: Callable | None = None,
+                 optimizer_factory: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.optimizer_factory = optimizer_factory
         self.task = task
         self.task_tokenizer = task_tokenizer
         self.scheduler_factory = scheduler_factory
         self.tokens_trained = 0
         self.eval_seconds = 0.0
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.optimizer_factory is not None:
+            self.optimizer = self.optimizer_factory(self.model if model is None else model, self.args)
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.scheduler_factory is None:

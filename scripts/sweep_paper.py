@@ -1,27 +1,30 @@
-"""One Hydra multirun per paper table: every run of the table (method × r × seed), on SLURM or locally, re-submittable.
+"""The paper's tables as Hydra multiruns: one per row file, over the row's own grid × the seeds, on SLURM or
+locally, re-submittable.
 
-    python scripts/sweep_paper.py command uuid --launcher slurm --partition gpu --account my_acct   # print it
-    python scripts/sweep_paper.py run uuid --launcher slurm --partition gpu --account my_acct       # submit it
+    python scripts/sweep_paper.py command uuid --launcher slurm --partition gpu --account my_acct   # print them
+    python scripts/sweep_paper.py run uuid --launcher slurm --partition gpu --account my_acct       # submit them
     python scripts/sweep_paper.py status uuid                                                       # what is done
 
-Tables (configs/experiment/paper/, one file per row = method × r):
-  uuid      UUID memorization: FFT, LoRA and MoRA at r = 8 and 256                      (paper/uuid_*)
-  finetune  instruction tuning, math, continual pretraining (biomed, finance) × the same 5 rows
-                                                                          (paper/instruct_*, math_*, continual_*)
-  pretrain  250M and 1B from scratch on C4: LoRA, MoRA, ReLoRA, ReMoRA at r = 128   (paper/pretrain_*)
-  ablation  MoRA's compression/decompression types (truncation, sharing, decouple, rotation = rope) on one base
-            experiment (--base; MORA.md does not confirm the ablation's task, so it is a required choice)
+Tables (configs/experiment/paper/, one file per row; docs/PAPER.md gives each setting's source):
+  uuid      Table 2 and Figure 2: FFT, LoRA at r = 8…256, MoRA at r = 8 and 256             (paper/uuid_*)
+  finetune  Table 1: FFT, LoRA, LoRA+, ReLoRA, AsyLoRA, DoRA, MoRA at r = 8 and 256 on Tülu v2, MetaMath and
+            continual pretraining (biomedicine, finance)       (paper/instruct_*, math_*, continual_biomed_*, …)
+  pretrain  Table 3: 250M and 1.3B from scratch on C4, LoRA, MoRA, ReLoRA, ReMoRA at r = 128   (paper/pretrain_*)
+  ablation  Table 4: MoRA's truncation, sharing, decouple, rotation at r = 8 and 256, MetaMath (paper/ablation_*)
 
-The command is ``python train.py -m experiment=<rows> seed=<seeds> sweep=paper_<table> resume=auto …``; Hydra's
-multirun expands it into one job per (row, seed). ``resume=auto`` makes every job idempotent: a run whose completed
-record exists is skipped, an unfinished one continues from its last complete checkpoint, a new one starts. So after
-a crash, a preemption or a cancelled job, submit the same command again. W&B runs are grouped by the sweep name and
-resumed under an id derived from the run_id. ``--launcher slurm`` uses configs/hydra/launcher/slurm.yaml
-(hydra-submitit-launcher), ``local`` submitit's local executor, ``basic`` Hydra's in-process launcher.
+A row file holds the grid the paper searched (learning rates of Table 5, LoRA+'s λ, ReLoRA's merge interval) as
+``hydra.sweeper.params``; Hydra applies it when the file is the multirun's only experiment, so each row is its own
+``python train.py -m experiment=<row> seed=<seeds> sweep=paper_<table> resume=auto …``, and the tables show each
+method at its best grid point, as the paper does. ``resume=auto`` makes every job idempotent: a run whose completed
+record exists is skipped, an unfinished one continues from its last complete checkpoint, a new one starts. So after a
+crash, a preemption or a cancelled job, submit the same command again. ``--launcher slurm`` uses
+configs/hydra/launcher/slurm.yaml (hydra-submitit-launcher; the rows are submitted side by side), ``local``
+submitit's local executor, ``basic`` Hydra's in-process launcher (rows one after the other).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import shlex
@@ -41,9 +44,9 @@ TABLE_PATTERNS = {
     "uuid": ("uuid_*",),
     "finetune": ("instruct_*", "math_*", "continual_biomed_*", "continual_finance_*"),
     "pretrain": ("pretrain_250m_*", "pretrain_1b_*"),
+    "ablation": ("ablation_*",),
 }
-ABLATION_TYPES = ("truncation", "sharing", "decouple", "rope")  # the paper's four variants; rope = "rotation"
-TABLES = (*TABLE_PATTERNS, "ablation")
+TABLES = tuple(TABLE_PATTERNS)
 LAUNCHERS = ("slurm", "local", "basic")
 DEFAULT_SEEDS = (42,)  # the official trainer's seed
 
@@ -70,7 +73,7 @@ class SlurmResources:
 def table_experiments(table: str, paper_dir: Path = PAPER_DIR) -> list[str]:
     """The experiment files (rows) of ``table``, e.g. ``["paper/uuid_fft", …]``, in a stable order."""
     if table not in TABLE_PATTERNS:
-        raise SweepError(f"table {table!r} has no experiment files of its own; tables: {', '.join(TABLES)}")
+        raise SweepError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     rows: list[str] = []
     for pattern in TABLE_PATTERNS[table]:
         rows += sorted(f"paper/{p.stem}" for p in paper_dir.glob(f"{pattern}.yaml"))
@@ -83,25 +86,35 @@ def _csv(values: Iterable[Any]) -> str:
     return ",".join(str(v) for v in values)
 
 
-def sweep_overrides(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, base: str | None = None,
-                    experiments: Sequence[str] | None = None) -> list[str]:
-    """The multirun's own overrides: rows × seeds, the sweep name, ``resume=auto``, the sweep folder.
-
-    ``experiments`` replaces the table's rows (e.g. a subset); for ``ablation`` ``base`` is the experiment whose
-    MoRA type is varied."""
+def _check_seeds(seeds: Sequence[int]) -> None:
     if not seeds:
         raise SweepError("at least one seed is needed")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise SweepError(f"seeds must be non-negative integers, got {list(seeds)}")
+
+
+@functools.lru_cache(maxsize=None)
+def row_grid(experiment: str) -> dict[str, str]:
+    """The grid of one row file: its ``hydra.sweeper.params`` resolved, ``{key: "a,b"}`` ({} when it has none)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import runner.config  # noqa: F401  (run_id resolver)
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.get("params")
+    grid = OmegaConf.to_container(params, resolve=True) if params else {}
+    return {str(k): str(v) for k, v in (grid or {}).items()}
+
+
+def row_overrides(experiment: str, table: str, seeds: Sequence[int] = DEFAULT_SEEDS) -> list[str]:
+    """One row's multirun overrides: the row, the seeds, the sweep name, ``resume=auto``, the sweep folder (the row's
+    grid comes from its file)."""
+    _check_seeds(seeds)
     name = f"paper_{table}"
-    if table == "ablation":
-        if not base:
-            raise SweepError("the ablation sweep needs --base <experiment> (e.g. paper/math_mora_r8): MORA.md does not "
-                             "confirm the ablation's task")
-        rows = [f"experiment={base}", f"adapter.mora_type={_csv(ABLATION_TYPES)}"]
-    else:
-        rows = [f"experiment={_csv(experiments or table_experiments(table))}"]
-    return [*rows, f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto", f"hydra.sweep.dir=outputs/sweeps/{name}"]
+    return [f"experiment={experiment}", f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto",
+            f"hydra.sweep.dir=outputs/sweeps/{name}"]
 
 
 def launcher_overrides(launcher: str, resources: SlurmResources | None = None) -> list[str]:
@@ -112,19 +125,26 @@ def launcher_overrides(launcher: str, resources: SlurmResources | None = None) -
     return [f"hydra/launcher={launcher}", *((resources or SlurmResources()).overrides() if launcher == "slurm" else [])]
 
 
-def sweep_command(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, launcher: str = "slurm",
-                  resources: SlurmResources | None = None, base: str | None = None,
-                  experiments: Sequence[str] | None = None, extra: Sequence[str] = (),
-                  python: str = "python") -> list[str]:
-    """``python train.py -m …`` for the whole table (argv)."""
-    return [python, "train.py", "-m", *sweep_overrides(table, seeds, base, experiments),
-            *launcher_overrides(launcher, resources), *extra]
+def sweep_commands(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, launcher: str = "slurm",
+                   resources: SlurmResources | None = None, experiments: Sequence[str] | None = None,
+                   extra: Sequence[str] = (), python: str = "python") -> list[list[str]]:
+    """``python train.py -m …`` for every row of the table (or of ``experiments``), one argv per row."""
+    rows = list(experiments or table_experiments(table))
+    tail = [*launcher_overrides(launcher, resources), *extra]
+    return [[python, "train.py", "-m", *row_overrides(row, table, seeds), *tail] for row in rows]
 
 
 # ------------------------------------------------------------------------------------------------ state of a sweep
-def expand(overrides: Sequence[str]) -> list[list[str]]:
+def expand(overrides: Sequence[str], grid: dict[str, str] | None = None) -> list[list[str]]:
     """The jobs of a multirun: every combination of the comma-separated values (Hydra's basic sweeper order: the
-    last swept key varies fastest). Only plain ``a,b,c`` lists are expanded (no ranges, globs or quoting)."""
+    last swept key varies fastest). Only plain ``a,b,c`` lists are expanded (no ranges, globs or quoting). When the
+    multirun has one paper experiment, its file's grid comes first, as Hydra applies it (a key given on the command
+    line replaces the file's). ``grid`` = that file grid when the caller has it already (else read from the file)."""
+    keys = {o.partition("=")[0] for o in overrides}
+    experiment = next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None)
+    if experiment and "," not in experiment and experiment.startswith("paper/"):
+        grid = row_grid(experiment) if grid is None else grid
+        overrides = [f"{k}={v}" for k, v in grid.items() if k not in keys] + list(overrides)
     choices = []
     for o in overrides:
         key, _, value = o.partition("=")
@@ -148,6 +168,12 @@ class RunState:
         return f"{self.state:<10} {self.run_id}{where}"
 
 
+def row_jobs(experiment: str, seeds: Sequence[int] = DEFAULT_SEEDS, extra: Sequence[str] = (),
+             grid: dict[str, str] | None = None) -> list[list[str]]:
+    """Every job (its overrides) of one row file's multirun: the file's grid × the seeds (× ``extra``'s lists)."""
+    return expand([f"experiment={experiment}", f"seed={_csv(seeds)}", *extra], grid)
+
+
 def run_states(overrides: Sequence[str]) -> list[RunState]:
     """What re-submitting the sweep does to each run — the rule ``resume=auto`` applies inside each job
     (``runner.run.completed_record`` and ``runner.checkpoints.plan_start``). ``SweepError`` if two jobs share a
@@ -160,8 +186,9 @@ def run_states(overrides: Sequence[str]) -> list[RunState]:
 
     states: list[RunState] = []
     seen: dict[str, tuple[str, ...]] = {}
+    jobs = expand(overrides)
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        for job in expand(overrides):
+        for job in jobs:
             cfg = compose(config_name="config", overrides=job)
             run_id, output_dir = str(cfg.run_id), Path(str(cfg.output_dir))
             if not output_dir.is_absolute():
@@ -197,10 +224,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout-min", type=int)
     parser.add_argument("--qos")
     parser.add_argument("--constraint")
-    parser.add_argument("--base", help="ablation: the experiment whose MoRA type is varied, e.g. paper/math_mora_r8")
     parser.add_argument("--rows", help="comma-separated subset of the table's experiment files")
     parser.add_argument("extra", nargs="*", help="further train.py overrides (after --), e.g. results_dir=… logger=none")
     return parser
+
+
+def table_states(table: str, seeds: Sequence[int], experiments: Sequence[str] | None = None,
+                 extra: Sequence[str] = ()) -> list[RunState]:
+    """``run_states`` of every row of the table (each row with its own grid); ``SweepError`` if two jobs of the
+    table share a run_id."""
+    states: list[RunState] = []
+    for row in experiments or table_experiments(table):
+        states += run_states([*row_overrides(row, table, seeds), *extra])
+    seen: dict[str, RunState] = {}
+    for state in states:
+        if state.run_id in seen:
+            raise SweepError(f"jobs {' '.join(seen[state.run_id].overrides)!r} and {' '.join(state.overrides)!r} "
+                             f"share run_id {state.run_id!r}")
+        seen[state.run_id] = state
+    return states
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,15 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         resources = SlurmResources(args.partition, args.account, args.nodes, args.gpus_per_node, args.timeout_min,
                                    args.qos, args.constraint)
         experiments = args.rows.split(",") if args.rows else None
-        argv_cmd = sweep_command(args.table, seeds, args.launcher, resources, args.base, experiments, args.extra,
-                                 python=sys.executable if args.action == "run" else "python")
+        commands = sweep_commands(args.table, seeds, args.launcher, resources, experiments, args.extra,
+                                  python=sys.executable if args.action == "run" else "python")
         if args.action == "command":
-            print(" ".join(shlex.quote(a) for a in argv_cmd))
+            for argv_cmd in commands:
+                print(" ".join(shlex.quote(a) for a in argv_cmd))
             return 0
         if args.action == "run" and args.launcher == "slurm" and shutil.which("sbatch") is None:
             raise SweepError("sbatch not found: --launcher slurm submits from a SLURM login node; "
                              "use --launcher local or basic on this machine")
-        states = run_states(sweep_overrides(args.table, seeds, args.base, experiments) + list(args.extra))
+        states = table_states(args.table, seeds, experiments, args.extra)
         if args.action == "status":
             for s in states:
                 print(s.line())
@@ -233,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
         if not todo:
             return 0
-        return subprocess.call(argv_cmd, cwd=REPO_ROOT, env=dict(os.environ))
+        rows_todo = {o.partition("=")[2] for s in todo for o in s.overrides if o.startswith("experiment=")}
+        commands = [c for c in commands if any(a == f"experiment={row}" for row in rows_todo for a in c)]
+        if args.launcher == "slurm":  # each multirun only submits and waits: submit every row at once
+            processes = [subprocess.Popen(c, cwd=REPO_ROOT, env=dict(os.environ)) for c in commands]
+            return max(p.wait() for p in processes)
+        return max(subprocess.call(c, cwd=REPO_ROOT, env=dict(os.environ)) for c in commands)
     except ValueError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

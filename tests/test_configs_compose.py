@@ -68,8 +68,8 @@ def test_paper_uuid_experiments_hold_the_paper_setup(name):
     cfg = _resolved(compose([f"experiment=paper/uuid_{name}"]))
     assert cfg["model"]["name"] == "llama2_7b" and cfg["task"]["n_pairs"] == 10_000
     trainer = cfg["trainer"]
-    assert (trainer["epochs"], trainer["batch_size"], trainer["warmup_steps"]) == (100, 1024, 100)
-    assert cfg["lr"] == trainer["learning_rate"] == 3e-4
+    assert (trainer["epochs"], trainer["batch_size"], trainer["warmup_steps"]) == (100, 1000, 100)
+    assert cfg["lr"] == trainer["learning_rate"] == {"fft": 3e-5, "lora": 1e-4, "mora": 5e-5}[name.split("_")[0]]
     assert (trainer["deepspeed"], trainer["precision"]) == ("zero2", "bf16")
     if name != "fft":
         assert cfg["adapter"]["r"] == int(name.rsplit("_r", 1)[1])

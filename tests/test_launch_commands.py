@@ -47,7 +47,7 @@ def test_an_explicit_resume_is_kept_and_quoting_is_safe():
 
 @pytest.mark.parametrize("experiment,world,accumulation", [
     ("paper/math_mora_r8", 8, 4), ("paper/math_mora_r8", 32, 1),          # 128 = 4 × world × accumulation
-    ("paper/uuid_mora_r256", 8, 8), ("paper/uuid_mora_r256", 32, 2),      # 1024 = 16 × world × accumulation
+    ("paper/uuid_mora_r256", 8, 5), ("paper/uuid_mora_r256", 40, 1),      # 1000 = 25 × world × accumulation
     ("paper/pretrain_250m_remora", 8, 4), ("paper/pretrain_1b_lora", 32, 2),
 ])
 def test_the_global_batch_is_the_same_on_8_and_32_gpus(experiment, world, accumulation):

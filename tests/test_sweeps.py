@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from scripts.sweep_paper import (ABLATION_TYPES, SlurmResources, SweepError, expand, main, run_states, sweep_command,
-                                 table_experiments)
+from scripts.sweep_paper import (SlurmResources, SweepError, expand, main, row_grid, run_states, sweep_commands,
+                                 table_experiments, table_states)
 from tests.conftest import CONFIG_DIR, compose
 
 PAPER = sorted(f"paper/{p.stem}" for p in (CONFIG_DIR / "experiment" / "paper").glob("*.yaml"))
@@ -21,34 +21,47 @@ PAPER = sorted(f"paper/{p.stem}" for p in (CONFIG_DIR / "experiment" / "paper").
 
 # ------------------------------------------------------------------------------------------------------- commands
 def test_each_paper_file_belongs_to_exactly_one_table():
-    rows = table_experiments("uuid") + table_experiments("finetune") + table_experiments("pretrain")
+    tables = ("uuid", "finetune", "pretrain", "ablation")
+    rows = [row for table in tables for row in table_experiments(table)]
     assert sorted(rows) == PAPER and len(rows) == len(set(rows))
-    assert len(table_experiments("uuid")) == 5 and len(table_experiments("finetune")) == 20
-    assert len(table_experiments("pretrain")) == 8
+    assert [len(table_experiments(t)) for t in tables] == [9, 52, 8, 8]
 
 
-def test_the_uuid_sweep_on_slurm():
-    argv = sweep_command("uuid", seeds=[42, 43], launcher="slurm",
-                         resources=SlurmResources(partition="gpu", account="acct", nodes=4, gpus_per_node=8,
-                                                  timeout_min=720))
-    assert argv[:3] == ["python", "train.py", "-m"]
-    assert argv[3] == "experiment=" + ",".join(table_experiments("uuid"))
-    assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto", "hydra.sweep.dir=outputs/sweeps/paper_uuid",
-                        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=acct",
-                        "hydra.launcher.nodes=4", "hydra.launcher.gpus_per_node=8", "hydra.launcher.timeout_min=720"]
+def test_the_uuid_sweep_on_slurm_is_one_multirun_per_row():
+    commands = sweep_commands("uuid", seeds=[42, 43], launcher="slurm",
+                              resources=SlurmResources(partition="gpu", account="acct", nodes=4, gpus_per_node=8,
+                                                       timeout_min=720))
+    assert [argv[3] for argv in commands] == [f"experiment={row}" for row in table_experiments("uuid")]
+    for argv in commands:
+        assert argv[:3] == ["python", "train.py", "-m"]
+        assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto",
+                            "hydra.sweep.dir=outputs/sweeps/paper_uuid", "hydra/launcher=slurm",
+                            "hydra.launcher.partition=gpu", "hydra.launcher.account=acct", "hydra.launcher.nodes=4",
+                            "hydra.launcher.gpus_per_node=8", "hydra.launcher.timeout_min=720"]
 
 
-def test_the_ablation_sweeps_the_four_types_on_a_chosen_base():
-    argv = sweep_command("ablation", launcher="basic", base="paper/math_mora_r8")
-    assert "experiment=paper/math_mora_r8" in argv and f"adapter.mora_type={','.join(ABLATION_TYPES)}" in argv
-    assert not any(a.startswith("hydra/launcher") for a in argv)
-    with pytest.raises(SweepError, match="needs --base"):
-        sweep_command("ablation")
+def test_a_rows_grid_comes_from_its_file():
+    assert row_grid("paper/math_loraplus_r8") == {"lr": "1e-4,2e-4", "adapter.loraplus_lr_ratio": "2,4"}
+    assert row_grid("paper/math_fft") == {}
+    jobs = expand(["experiment=paper/math_loraplus_r8", "seed=1"])
+    assert len(jobs) == 4 and ["lr=1e-4", "adapter.loraplus_lr_ratio=4", "experiment=paper/math_loraplus_r8",
+                               "seed=1"] in jobs
+    # a key given on the command line replaces the file's grid, as in Hydra
+    assert expand(["experiment=paper/math_loraplus_r8", "lr=5e-4"]) == [
+        ["adapter.loraplus_lr_ratio=2", "experiment=paper/math_loraplus_r8", "lr=5e-4"],
+        ["adapter.loraplus_lr_ratio=4", "experiment=paper/math_loraplus_r8", "lr=5e-4"]]
+
+
+def test_the_ablation_has_its_own_rows():
+    argv = sweep_commands("ablation", launcher="basic")
+    assert [a[3] for a in argv] == [f"experiment=paper/ablation_{t}_r{r}" for t in
+                                    ("decouple", "rope", "sharing", "truncation") for r in (256, 8)]
+    assert not any(a.startswith("hydra/launcher") for c in argv for a in c)
 
 
 def test_bad_sweep_requests_fail_with_one_line(capsys):
     with pytest.raises(SweepError, match="launcher 'pbs'"):
-        sweep_command("uuid", launcher="pbs")
+        sweep_commands("uuid", launcher="pbs")
     assert main(["command", "uuid", "--seeds", "4x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --seeds must be comma-separated integers") and err.count("\n") == 1
@@ -61,11 +74,11 @@ def test_multirun_expansion_order():
 
 
 def test_every_table_sweep_composes_with_distinct_run_ids():
-    """Every job of every table composes, and no two jobs share a run_id (they would share one record)."""
-    for table in ("uuid", "finetune", "pretrain"):
-        argv = sweep_command(table, seeds=[42, 43], launcher="basic")
-        states = run_states(argv[3:])
-        assert len(states) == 2 * len(table_experiments(table))
+    """Every job of a table composes, and no two jobs of a table share a run_id (they would share one record); the
+    whole grid of every paper file is checked without Hydra's launcher in tests/test_paper_settings.py."""
+    for table, rows, count in (("pretrain", None, 16), ("uuid", ["paper/uuid_fft", "paper/uuid_lora_r8"], 8)):
+        states = table_states(table, seeds=[42, 43], experiments=rows)
+        assert len(states) == count and len({s.run_id for s in states}) == count
         assert all(s.state == "new" for s in states)  # nothing of the paper's runs exists in the repository
 
 

@@ -39,7 +39,7 @@ BAD_INPUTS = {
     "r_not_number": (["r=abc"], "got r='abc'"),
     "lr_negative": (["lr=-1e-3"], "lr must be a positive finite number, got lr=-0.001"),
     "unknown_adapter": (["adapter=prefix_tuning"],
-                        "unknown adapter 'prefix_tuning'; valid adapter options: dora, fft, hira, lora, miss, mora"),
+                        "unknown adapter 'prefix_tuning'; valid adapter options: asylora, dora, fft, hira, lora, loraplus, miss, mora"),
     "unknown_key": (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
     "empty_dataset": (["task.n_pairs=0"], "empty dataset (task.n_pairs=0)"),
     "empty_file": ([f"task.data_path={FIXTURES / 'uuid_empty.jsonl'}", "task.n_pairs=null"], "empty dataset"),

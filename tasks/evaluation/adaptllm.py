@@ -60,8 +60,19 @@ SUITES: dict[str, tuple[str, tuple[AdaptLLMTask, ...]]] = {
         AdaptLLMTask("ner", "NER", "generate", "entity_f1", ("\n\n",)),
     )),
 }
+# Tasks known by name but outside a suite's default (task.eval.tasks: null) list. BioMMLU (the MoRA paper's
+# biomedicine suite, Appendix C; docs/PAPER.md "## Appendix C — continual-pretraining suites") = MMLU's biomedicine
+# subjects, scored as a multiple-choice task of the suite: rows from cais/mmlu (one config per subject) or from a local
+# copy in cais/mmlu's schema at <data_dir>/BioMMLU/test.jsonl.
+NAMED_ONLY: dict[str, tuple[AdaptLLMTask, ...]] = {
+    "biomed": (AdaptLLMTask("biommlu", "BioMMLU", "choice", "accuracy"),),
+}
+# MMLU's clinical and biomedical subjects, the set Med-PaLM's MultiMedQA evaluation took from MMLU.
+BIOMMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                    "professional_medicine")
 # Folder names of the hub repositories (some differ from the config names).
 TASK_FOLDERS = {"PubMedQA": ("PubMedQA", "pubmed_qa"), "MQP": ("MQP", "MedQs"), "USMLE": ("USMLE", "usmle"),
+                "BioMMLU": ("BioMMLU", "biommlu"),
                 "FiQA_SA": ("FiQA_SA", "FiQA-SA", "fiqa_sa")}
 
 
@@ -70,7 +81,7 @@ def suite_tasks(domain: str, names: Sequence[str] | None = None) -> tuple[str, l
         raise ValueError(f"domain={domain!r} is not one of {sorted(SUITES)}")
     hub, tasks = SUITES[domain]
     if names:
-        known = {t.key: t for t in tasks}
+        known = {t.key: t for t in tasks + NAMED_ONLY.get(domain, ())}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(f"unknown {domain} task(s) {unknown}; known: {sorted(known)}")
@@ -87,7 +98,31 @@ def local_task_file(data_dir: str | Path, task: AdaptLLMTask) -> Path:
     raise TaskDataError(f"AdaptLLM {task.config}: no test.json under {root}/{{{','.join(TASK_FOLDERS.get(task.config, (task.config,)))}}}")
 
 
+def biommlu_rows(data_dir: str | None, key: str):
+    """BioMMLU as choice rows ``{id, input, options, gold_index}``: MMLU questions of ``BIOMMLU_SUBJECTS`` (zero-shot
+    prompt naming the subject; the options are the four answer texts)."""
+    import datasets
+
+    if data_dir:
+        mmlu = load_rows(hf_name=None, data_path=local_task_file(data_dir, NAMED_ONLY["biomed"][0]),
+                         what="BioMMLU (cais/mmlu schema)", key=key)
+        mmlu = [row for row in mmlu if row.get("subject") in BIOMMLU_SUBJECTS]
+    else:
+        mmlu = [dict(row, subject=subject) for subject in BIOMMLU_SUBJECTS
+                for row in load_rows(hf_name="cais/mmlu", config=subject, split="test", what=f"BioMMLU {subject}",
+                                     key=key, target="DIR")]
+    rows = []
+    for i, row in enumerate(mmlu):
+        subject = str(row.get("subject", "")).replace("_", " ")
+        rows.append({"id": i, "input": f"The following is a multiple choice question about {subject}.\n\n"
+                                       f"{str(row.get('question') or '').strip()}\nAnswer:",
+                     "options": list(row.get("choices") or []), "gold_index": row.get("answer")})
+    return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({"input": []})
+
+
 def task_rows(hub: str, task: AdaptLLMTask, data_dir: str | None, key: str):
+    if task.config == "BioMMLU":
+        return biommlu_rows(data_dir, key)
     if data_dir:
         return load_rows(hf_name=None, data_path=local_task_file(data_dir, task), what=f"AdaptLLM {task.config}", key=key)
     return load_rows(hf_name=hub, config=task.config, split="test", what=f"AdaptLLM {task.config} ({hub})", key=key,

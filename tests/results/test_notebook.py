@@ -23,7 +23,7 @@ def test_notebook_executes_on_fixture_records(fixture_results, monkeypatch):
     markdown = "".join(out["data"].get("text/markdown", "") for out in outputs if out.output_type == "display_data")
     assert "UUID memorization" in markdown and "78.0 ± 1.0 (n=3)" in markdown
     images = [out for out in outputs if out.output_type == "display_data" and "image/png" in out["data"]]
-    assert len(images) == 5 + 2  # the five figures and one exploratory plot per (task, model)
+    assert len(images) == 9 + 2  # the nine figures (four of them the paper's) and one exploratory plot per (task, model)
 
 
 def test_jupytext_pair_in_sync():

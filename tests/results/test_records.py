@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from results_lib import RecordError, load_records, parse_record
-from results_lib.grouping import aggregate, choose_lr, final_metric, group_methods, latest_per_seed
+from results_lib.grouping import GridPoint, aggregate, choose_lr, final_metric, group_methods, latest_per_seed
 from results_lib.records import canonical_mora_type
 
 
@@ -74,11 +74,11 @@ def test_mean_std_n_and_lr_choice(fixture_records):
     assert aggregate([None]) is None and aggregate([0.5]).std == 0.0
     groups = group_methods(rec for rec in records if rec.task == "uuid" and rec.adapter == "fft")
     (by_lr,) = groups.values()
-    assert sorted(by_lr) == [3e-4, 1e-3] and [run.seed for run in by_lr[1e-3]] == [0, 1, 2]
+    assert sorted(by_lr) == [GridPoint(3e-4), GridPoint(1e-3)] and [r.seed for r in by_lr[GridPoint(1e-3)]] == [0, 1, 2]
     choice = choose_lr(by_lr, final_metric("char_acc"), higher_is_better=True)
-    assert choice.lr == 1e-3 and choice.swept
+    assert choice.lr == GridPoint(1e-3) and choice.swept
     # lower is better flips the choice
-    assert choose_lr(by_lr, final_metric("char_acc"), higher_is_better=False).lr == 3e-4
+    assert choose_lr(by_lr, final_metric("char_acc"), higher_is_better=False).lr == GridPoint(3e-4)
 
 
 def test_tie_is_broken_by_train_loss_and_rerun_seed_counts_once():

@@ -27,15 +27,16 @@ def test_reference_merge_adds_paper_columns_with_sources(fixture_records):
     markdown = render_markdown(tables["finetune"])
     assert "| tiny | LoRA r=8 | 25.0 (n=1) | 12.5 [1] |" in markdown
     pre = tables["pretrain_ppl"].sections[0]
-    assert {row.cells["method"]: row.cells.get("val_ppl#paper") for row in pre.rows}["ReMoRA r=8 (sharing)"] == "3.5 [1]"
+    assert {row.cells["method"]: row.cells.get("val_ppl#paper") for row in pre.rows}["ReMoRA r=8 (sharing)"] == "3.50 [1]"
     assert "(paper)" not in render_markdown(tables["uuid"])  # tables without references are unchanged
 
 
-def test_shipped_reference_file_holds_no_unconfirmed_values():
+def test_shipped_reference_file_parses_with_every_table():
     data = yaml.safe_load((ROOT / "results" / "paper_reference.yaml").read_text())
     references = parse_reference(data)
-    assert set(references) == {"uuid", "finetune", "pretrain_ppl", "ppl_by_length", "ablation"}
-    assert all(entries == [] for entries in references.values())
+    assert set(references) == {"uuid", "finetune", "biomed", "finance", "pretrain_ppl", "ppl_by_length",
+                               "ablation_gsm8k", "ablation"}
+    assert references["ppl_by_length"] == [] and references["ablation"] == []   # the paper has neither table
 
 
 @pytest.mark.parametrize("entry, words", [

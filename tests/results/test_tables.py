@@ -91,8 +91,8 @@ def test_cli_writes_every_table_and_names_bad_records(fixture_results, tmp_path)
                              str(fixture_results), "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"{n}.{ext}" for n in ("uuid_memorization", "finetune", "pretrain_ppl", "ppl_by_length",
-                                                   "ablation") for ext in ("md", "tex")] + ["README.md"])
+    assert names == sorted([f"{n}.{ext}" for n in ("uuid_memorization", "finetune", "biomed", "finance",
+                                                   "pretrain_ppl", "ppl_by_length", "ablation_gsm8k", "ablation") for ext in ("md", "tex")] + ["README.md"])
     assert "runs/broken-truncated.json" in result.stderr and "runs/partial-running.json" in result.stderr
 
 
