@@ -149,12 +149,14 @@ class MoraLayer(BaseTunerLayer):
 
     # ---- forward --------------------------------------------------------------------------------------------
     def _add_branches_(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``result`` plus every active adapter's branch. ``add_mora_branch_`` works in place only where ``result``'s
+        layout allows it and otherwise returns a new tensor, so its return value is what holds the sum."""
         for name in self.active_adapters:
             if name not in self.mora_M:
                 continue
             M = self.mora_M[name]
             xa = self._cast_input_dtype(self.mora_dropout[name](x), M.dtype)
-            add_mora_branch_(result, xa, M, self.mora_type[name], self._rope_tables(name))
+            result = add_mora_branch_(result, xa, M, self.mora_type[name], self._rope_tables(name))
         return result
 
 
