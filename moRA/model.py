@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers.pytorch_utils import Conv1D
 
 from .config import MoraConfig
@@ -58,3 +61,50 @@ class MoraModel(BaseTuner):
                 f"{type(base).__module__}.{type(base).__name__}"
             )
         return MoraLinear(target, adapter_name, **kwargs)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """``adapter_names=[...]`` (one name per row; ``"__base__"`` = no adapter): checked here as PEFT's LoRA does
+        (inference only, every name known to some layer) and handed to each MoRA layer and modules_to_save wrapper
+        by a forward pre-hook for the length of one forward or generate call."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        known = set()
+        for layer in self.modules():
+            if isinstance(layer, MoraLayer):
+                known |= layer.mora_M.keys()
+        unknown = {name for name in adapter_names if name != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        num_beams = kwargs.get("num_beams", None)
+        per_row = list(adapter_names)
+        beam_search = isinstance(num_beams, int) and num_beams > 1
+        if beam_search:  # generate repeats each input num_beams times
+            if not isinstance(adapter_names, (list, tuple)):
+                raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
+            per_row = [name for name in adapter_names for _ in range(num_beams)]
+        handles = []
+        for module in self.modules():
+            if isinstance(module, (MoraLayer, AuxiliaryTrainingWrapper)):
+                hook = partial(_pass_adapter_names, adapter_names=per_row)
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else None
+        if beam_search and encoder is not None and encoder is not self.model:
+            for module in encoder.modules():  # the encoder sees the inputs before they are repeated for the beams
+                if isinstance(module, (MoraLayer, AuxiliaryTrainingWrapper)):
+                    hook = partial(_pass_adapter_names, adapter_names=list(adapter_names))
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _pass_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
