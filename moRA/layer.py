@@ -130,7 +130,7 @@ class MoraLayer(BaseTunerLayer):
                     merged = weight.detach().clone()
                     self._add_delta_to_base_(name, merged, 1.0)
                     if not torch.isfinite(merged).all():
-                        raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems broken")
+                        raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
                     weight.copy_(merged)
                 else:
                     self._add_delta_to_base_(name, weight, 1.0)
