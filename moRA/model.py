@@ -1,6 +1,7 @@
 """``MoraModel``: the PEFT tuner that puts a MoRA layer on every targeted module."""
 from __future__ import annotations
 
+import sys
 import warnings
 from contextlib import contextmanager
 from functools import partial
@@ -48,7 +49,16 @@ class MoraModel(BaseTuner):
 
     @staticmethod
     def _create_new_module(adapter_name, target, current_key, **kwargs):
+        """The MoRA layer for ``target``, chosen as PEFT chooses LoRA's: the first dispatcher that accepts the base
+        layer wins (quantized layers first: bitsandbytes' layers subclass ``nn.Linear``), then the dense layers."""
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if "bitsandbytes" in sys.modules:  # a quantized layer exists only if its library was imported
+            from .bnb import quantized_dispatchers
+
+            for dispatch in quantized_dispatchers():
+                new_module = dispatch(target, adapter_name, **kwargs)
+                if new_module is not None:
+                    return new_module
         if isinstance(base, torch.nn.Linear):
             if kwargs["fan_in_fan_out"]:
                 warnings.warn(f"fan_in_fan_out=True does not apply to nn.Linear '{current_key}'; using False")
@@ -57,8 +67,8 @@ class MoraModel(BaseTuner):
             kwargs["fan_in_fan_out"] = True  # Conv1D stores its weight as (in, out)
         else:
             raise TypeError(
-                f"MoRA supports torch.nn.Linear and transformers Conv1D layers; target module '{current_key}' is "
-                f"{type(base).__module__}.{type(base).__name__}"
+                f"MoRA supports torch.nn.Linear, transformers Conv1D and bitsandbytes Linear4bit / Linear8bitLt "
+                f"layers; target module '{current_key}' is {type(base).__module__}.{type(base).__name__}"
             )
         return MoraLinear(target, adapter_name, **kwargs)
 
