@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from runner.errors import ConfigError
+from runner.quantization import check_trainable_on_quantized
 from runner.validation import METHODS, adapter_method, check_rank
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -104,6 +105,10 @@ def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> t
     (``mora_type``: the resolved canonical type for MoRA, else ``None``).
     """
     method = adapter_method(adapter_cfg)
+    try:
+        check_trainable_on_quantized(model, method, restart=bool(adapter_cfg.get("restart")))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if method == "fft":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -33,9 +33,11 @@ def format_lr(lr) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
-    """The default ``run_id``: ``<task>-<model>-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``."""
-    parts = [str(task), str(model), str(adapter)]
+def make_run_id(task, model, adapter, r, mora_type, lr, seed, quantization=None) -> str:
+    """The default ``run_id``: ``<task>-<model>[-<quantization>]-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``
+    (a quantized base, ``model.quantization=nf4``, is a model of its own: ``uuid-tiny-nf4-mora-…``)."""
+    quantized = quantization is not None and str(quantization).lower() not in ("none", "null")
+    parts = [str(task), f"{model}-{quantization}" if quantized else str(model), str(adapter)]
     if str(adapter) != "fft":
         parts.append(f"r{r}")
     if str(adapter) in _MORA_METHODS and mora_type is not None:

@@ -198,6 +198,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     from runner.adapters import apply_adapter, describe_parameters, save_trained
     from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
     from runner.models import build_model
+    from runner.quantization import model_label
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
@@ -271,7 +272,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
             analysis = analysis_for_record(trainer.model, initial_state, float(sv_threshold))
         record = build_record(
             run_id=run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=r,
-            mora_type=info.get("mora_type"), model=str(cfg.model.name), seed=seed, lr=lr,
+            mora_type=info.get("mora_type"), model=model_label(cfg.model), seed=seed, lr=lr,
             experiment=_choice(choices, "experiment"), sweep=None if cfg.get("sweep") is None else str(cfg.sweep),
             config=resolved, params=info, history=history, final=final,
             wall_time_s=time.time() - start,
