@@ -103,6 +103,17 @@ def build_model(model_cfg: Mapping[str, Any], seed: int, device: str | torch.dev
     return model, tokenizer
 
 
+def base_model_id(model_cfg: Mapping[str, Any]) -> str:
+    """How a saved adapter names its base: the hub id (``hub``; also when read from ``local_path`` or the cache), the
+    folder as configured (``local``, e.g. ``assets/tiny_base``), or ``scratch: <name>`` (random weights)."""
+    cfg = _as_dict(model_cfg)
+    if cfg.get("source") == "hub":
+        return str(cfg["hub_name"])
+    if cfg.get("source") == "local":
+        return str(cfg["path"])
+    return f"scratch: {cfg.get('name')}"
+
+
 # ----------------------------------------------------------------------------------------------------------- sources
 def _build_scratch(cfg: dict, seed: int, dtype: torch.dtype, device):
     from transformers import LlamaConfig, LlamaForCausalLM

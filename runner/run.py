@@ -197,7 +197,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
 
     from runner.adapters import apply_adapter, describe_parameters, save_trained
     from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
-    from runner.models import build_model
+    from runner.models import base_model_id, build_model
     from runner.quantization import model_label
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
@@ -264,7 +264,8 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
         trainer.save_model(str(output_dir / ("model" if method == "fft" else "adapter")))
     if trainer.is_world_process_zero():
         if not zero3:
-            save_trained(trainer.model, tokenizer, output_dir, method)
+            save_trained(trainer.model, tokenizer, output_dir, method, base_model=base_model_id(cfg.model),
+                         run_id=run_id, metrics=final)
         analysis = None
         if initial_state is not None:
             from moRA.analysis import analysis_for_record

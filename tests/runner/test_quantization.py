@@ -87,6 +87,10 @@ def test_run_id_and_record_name_the_quantized_model(compose_run_config):
     cfg = compose_run_config(*TINY_RUN_OVERRIDES, "adapter=mora", "r=8", "model.quantization=nf4",
                              "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2")
     assert cfg.run_id == "uuid-tiny-nf4-mora-r8-rope-lr3e-3-s42"
-    record = load_record(run_experiment(cfg).record_path)
+    summary = run_experiment(cfg)
+    record = load_record(summary.record_path)
     assert record["model"] == "tiny-nf4" and record["config"]["model"]["quantization"] == "nf4"
     assert record["params"]["trainable"] > 0 and 0.0 <= record["final"]["char_acc"] <= 1.0
+    card = (summary.output_dir / "adapter" / "README.md").read_text()  # the saved adapter explains itself
+    assert f"- run id: `{cfg.run_id}`" in card and "local: tiny_base" in card and "(nf4; QMoRA)" in card
+    assert f"| char_acc | {record['final']['char_acc']:.4g} |" in card and str(summary.output_dir) not in card
