@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from moRA import MoraLayer
 from moRA.model_card import MARKER, describe_base, layer_table
 from tests.moRA.test_peft_integration import REPO, mora_model
@@ -87,13 +85,3 @@ def test_loading_without_import_moRA_is_peft_s_keyerror_and_the_folder_says_why(
     assert result.returncode != 0 and "KeyError: 'MORA'" in result.stderr  # PEFT's lookup; nothing of ours runs
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert "import moRA" in config["how_to_load"] and "import moRA" in (tmp_path / "README.md").read_text()
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
-def test_mora_lm_eval_is_lm_eval_s_cli(argv, capsys):
-    from moRA.lm_eval_cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 0
-    assert "--model_args" in capsys.readouterr().out or argv == ["--help"]
