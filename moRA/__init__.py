@@ -23,8 +23,10 @@ from .peft_registration import MORA_PEFT_TYPE, register_with_peft
 from .config import MoraConfig  # noqa: E402  (after the PeftType member exists)
 from .layer import MoraLayer, MoraLinear
 from .model import MoraModel
+from .model_card import install_save_hook, write_model_card
 
 register_with_peft()
+install_save_hook()  # saved MoRA adapters get a README.md that says what they are and how to load them
 
 __all__ = [
     "AUTO_ROPE_BELOW_R",
@@ -41,4 +43,5 @@ __all__ = [
     "mora_branch",
     "mora_param_count",
     "mora_rank",
+    "write_model_card",
 ]

@@ -10,6 +10,11 @@ from .operators import MORA_TYPES, canonical_mora_type
 from .peft_registration import MORA_PEFT_TYPE
 
 
+HOW_TO_LOAD = ("A MoRA adapter (arXiv 2405.12130): pip install mora-peft and run `import moRA` before "
+               "peft.PeftModel.from_pretrained (it registers the PEFT type MORA; without it PEFT raises KeyError: "
+               "'MORA'). lm-eval: use the mora-lm-eval command.")
+
+
 @dataclass
 class MoraConfig(PeftConfig):
     """Configuration of a MoRA adapter (Jiang et al., 2024).
@@ -28,6 +33,7 @@ class MoraConfig(PeftConfig):
         fan_in_fan_out: the base weight is stored as (in, out) (GPT-2's ``Conv1D``; set automatically for it).
         bias: ``none`` | ``all`` | ``mora_only``: which biases to train.
         modules_to_save: other modules trained in full and saved with the adapter (e.g. embeddings, LM head).
+        how_to_load: a note for a reader of ``adapter_config.json`` (how to load the adapter); not used by the code.
     """
 
     r: int = field(default=8, metadata={"help": "LoRA-equivalent rank; M is r̂ × r̂ with r̂ ≈ √((d+k)·r)."})
@@ -55,10 +61,14 @@ class MoraConfig(PeftConfig):
     layers_pattern: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Layer pattern name used with layers_to_transform."}
     )
+    how_to_load: str = field(
+        default=HOW_TO_LOAD, metadata={"help": "Written into adapter_config.json for whoever opens it."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = MORA_PEFT_TYPE
+        self.how_to_load = HOW_TO_LOAD  # (always today's note, also for adapters saved with an older one)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"MoraConfig.r must be a positive integer, got {self.r!r}")
         self.mora_type = canonical_mora_type(self.mora_type, self.r)

@@ -132,7 +132,7 @@ class MoraLayer(BaseTunerLayer):
                     merged = weight.detach().clone()
                     self._add_delta_to_base_(name, merged, 1.0)
                     if not torch.isfinite(merged).all():
-                        raise ValueError(f"NaNs detected in the merged weights; adapter {name!r} seems broken")
+                        raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
                     weight.copy_(merged)
                 else:
                     self._add_delta_to_base_(name, weight, 1.0)
@@ -151,12 +151,48 @@ class MoraLayer(BaseTunerLayer):
 
     # ---- forward --------------------------------------------------------------------------------------------
     def _add_branches_(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``result`` plus every active adapter's branch. ``add_mora_branch_`` works in place only where ``result``'s
+        layout allows it and otherwise returns a new tensor, so its return value is what holds the sum."""
         for name in self.active_adapters:
             if name not in self.mora_M:
                 continue
             M = self.mora_M[name]
             xa = self._cast_input_dtype(self.mora_dropout[name](x), M.dtype)
-            add_mora_branch_(result, xa, M, self.mora_type[name], self._rope_tables(name))
+            result = add_mora_branch_(result, xa, M, self.mora_type[name], self._rope_tables(name))
+        return result
+
+
+    # ---- mixed-adapter batches (PEFT's ``model(x, adapter_names=[...])``, one adapter name per row) --------------
+    def _check_forward_args(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """The checks and messages of PEFT's LoRA layer."""
+        adapter_names = kwargs.get("adapter_names", None)
+        if adapter_names is None:
+            return
+        if len(x) != len(adapter_names):
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.")
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str],
+                             **kwargs: Any) -> torch.Tensor:
+        """Row i of ``x`` (the first dimension) gets adapter ``adapter_names[i]``'s branch; ``"__base__"`` and names
+        this layer does not hold get the base output alone."""
+        result = self.base_layer(x, *args, **kwargs)
+        rows_of: dict[str, list[int]] = {}
+        for row, name in enumerate(adapter_names):
+            rows_of.setdefault(name, []).append(row)
+        for name, rows in rows_of.items():
+            if name == "__base__" or name not in self.mora_M:
+                continue
+            M = self.mora_M[name]
+            index = torch.tensor(rows, device=result.device)
+            xa = self._cast_input_dtype(self.mora_dropout[name](x[index]), M.dtype)
+            part = add_mora_branch_(result[index], xa, M, self.mora_type[name], self._rope_tables(name))
+            result = result.index_copy(0, index, part.to(result.dtype))
         return result
 
 
@@ -172,10 +208,14 @@ class MoraLinear(nn.Module, MoraLayer):
         self.update_layer(adapter_name, r, mora_type, mora_dropout, init_weights=init_weights)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        adapter_names = kwargs.pop("adapter_names", None)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)

@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from runner.errors import ConfigError
+from runner.quantization import check_trainable_on_quantized
 from runner.validation import METHODS, adapter_method, check_rank
 
 # The seven LLaMA projections, read from their one home (the file every configs/adapter/*.yaml includes).
@@ -164,6 +165,10 @@ def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> t
     """
     method = adapter_method(adapter_cfg)
     lora_init, _ = check_lora_extras(method, adapter_cfg)
+    try:
+        check_trainable_on_quantized(model, method, restart=bool(adapter_cfg.get("restart")))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if method == "fft":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -211,15 +216,25 @@ def describe_parameters(info: Mapping[str, Any], r: Any = None) -> str:
     return line
 
 
-def save_trained(model: nn.Module, tokenizer, output_dir, method: str) -> str:
+def save_trained(model: nn.Module, tokenizer, output_dir, method: str, base_model: str | None = None,
+                 run_id: str | None = None, metrics: Mapping[str, Any] | None = None) -> str:
     """Save the trained adapter (PEFT ``save_pretrained``, safetensors) to ``<output_dir>/adapter``, or the full model
-    (FFT) to ``<output_dir>/model``, with the tokenizer. Returns the folder."""
+    (FFT) to ``<output_dir>/model``, with the tokenizer. Returns the folder. ``base_model`` (hub id or the configured
+    local folder, ``runner.models.base_model_id``) is recorded in the adapter config instead of the absolute path the
+    base was read from; a MoRA adapter's model card also gets ``run_id`` and the final ``metrics``."""
     from pathlib import Path
 
     folder = Path(output_dir) / ("model" if method == "fft" else "adapter")
+    if base_model is not None and method != "fft" and not base_model.startswith("scratch: "):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_model
     model.save_pretrained(str(folder), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+    if method == "mora":
+        from moRA.model_card import write_model_card
+
+        write_model_card(model, folder, base_model=base_model, run_id=run_id, metrics=metrics)
     return str(folder)
 
 

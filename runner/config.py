@@ -35,9 +35,11 @@ def format_lr(lr) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
-    """The default ``run_id``: ``<task>-<model>-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``."""
-    parts = [str(task), str(model), str(adapter)]
+def make_run_id(task, model, adapter, r, mora_type, lr, seed, quantization=None) -> str:
+    """The default ``run_id``: ``<task>-<model>[-<quantization>]-<adapter>[-r<r>][-<mora_type>]-lr<lr>-s<seed>``
+    (a quantized base, ``model.quantization=nf4``, is a model of its own: ``uuid-tiny-nf4-mora-…``)."""
+    quantized = quantization is not None and str(quantization).lower() not in ("none", "null")
+    parts = [str(task), f"{model}-{quantization}" if quantized else str(model), str(adapter)]
     if isinstance(r, float) and r.is_integer():
         r = int(r)  # r=1e3 names the run r1000, like r=1000
     if str(adapter) != "fft":
@@ -51,10 +53,10 @@ def make_run_id(task, model, adapter, r, mora_type, lr, seed) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
 
 
-def _run_id_with_hash(task, model, adapter, r, mora_type, lr, seed, *, _root_) -> str:
+def _run_id_with_hash(task, model, adapter, r, mora_type, lr, seed, quantization=None, *, _root_) -> str:
     from runner.identity import config_hash
 
-    return f"{make_run_id(task, model, adapter, r, mora_type, lr, seed)}-{config_hash(_root_)}"
+    return f"{make_run_id(task, model, adapter, r, mora_type, lr, seed, quantization)}-{config_hash(_root_)}"
 
 
 def register_resolvers() -> None:

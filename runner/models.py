@@ -12,7 +12,8 @@ Three sources (the ``source`` field):
 
 Common fields: ``name`` (required), ``tokenizer`` (``byte`` = ``runner.tokenizer.byte_tokenizer``, a Hub tokenizer
 name such as ``t5-base``, a local tokenizer folder, or ``null`` = the model's own), ``dtype`` (``float32`` default,
-``bfloat16``, ``float16``), ``attn_implementation`` (``null`` = transformers' default).
+``bfloat16``, ``float16``), ``attn_implementation`` (``null`` = transformers' default), ``quantization`` (``none``
+default, or ``nf4`` / ``fp4`` / ``int8``: see ``runner.quantization``).
 
 Every model is returned in train mode with ``model.config.pad_token_id`` (and bos/eos) set from the tokenizer.
 Unknown fields, sources or values raise a one-line ``ValueError``.
@@ -25,13 +26,14 @@ from typing import Any, Mapping
 
 import torch
 
+from runner.quantization import check_quantization, prepare_quantized, quantization_kwargs
 from runner.tokenizer import byte_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "model"
 
 SOURCES = ("scratch", "local", "hub")
-COMMON_FIELDS = {"name", "source", "tokenizer", "dtype", "attn_implementation"}
+COMMON_FIELDS = {"name", "source", "tokenizer", "dtype", "attn_implementation", "quantization"}
 SOURCE_FIELDS = {
     "scratch": {"architecture"},
     "local": {"path"},
@@ -79,6 +81,10 @@ def build_model(model_cfg: Mapping[str, Any], seed: int, device: str | torch.dev
     dtype = _dtype(cfg.get("dtype"))
     if device is not None and str(device) == "meta" and source != "scratch":
         raise ValueError(f"device='meta' is only supported for source 'scratch', got source {source!r}")
+    quantization = check_quantization(cfg)
+    if quantization != "none" and device is not None:
+        raise ValueError(f"model.quantization={quantization} places the model itself (this process's GPU, else the "
+                         f"CPU); build_model(device={str(device)!r}) cannot move it")
 
     if source == "scratch":
         model, tokenizer = _build_scratch(cfg, seed, dtype, device)
@@ -89,10 +95,23 @@ def build_model(model_cfg: Mapping[str, Any], seed: int, device: str | torch.dev
 
     _check_vocab(cfg["name"], model, tokenizer)
     _set_special_ids(model, tokenizer)
-    if device is not None and str(device) != "meta":
+    if quantization != "none":
+        prepare_quantized(model)  # placed on its device by the loader; bitsandbytes weights are not moved again
+    elif device is not None and str(device) != "meta":
         model.to(device)
     model.train()
     return model, tokenizer
+
+
+def base_model_id(model_cfg: Mapping[str, Any]) -> str:
+    """How a saved adapter names its base: the hub id (``hub``; also when read from ``local_path`` or the cache), the
+    folder as configured (``local``, e.g. ``assets/tiny_base``), or ``scratch: <name>`` (random weights)."""
+    cfg = _as_dict(model_cfg)
+    if cfg.get("source") == "hub":
+        return str(cfg["hub_name"])
+    if cfg.get("source") == "local":
+        return str(cfg["path"])
+    return f"scratch: {cfg.get('name')}"
 
 
 # ----------------------------------------------------------------------------------------------------------- sources
@@ -267,7 +286,8 @@ def _from_pretrained(source: str, dtype: torch.dtype, cfg: dict, local_files_onl
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local_files_only, use_safetensors=True,
-                                  trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+                                  trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+                                  **quantization_kwargs(cfg, dtype))
     if cfg.get("revision"):
         kwargs["revision"] = cfg["revision"]
     if cfg.get("attn_implementation"):

@@ -413,6 +413,8 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
     """Save the trained adapter (or model); on rank 0, move an attempt made aside into the run folder, then write
     the record and its copy in the run folder (last: a run without them is unfinished)."""
     from runner.adapters import save_trained
+    from runner.models import base_model_id
+    from runner.quantization import model_label
     from runner.record import build_record, write_json_atomic, write_record
 
     cfg, trainer, method, train_dir = run.cfg, run.trainer, run.values["method"], run.start_plan.train_dir
@@ -424,7 +426,8 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
         trainer.save_model(str(saved_dir))
     if trainer.is_world_process_zero():
         if not zero3:
-            save_trained(trainer.model, run.tokenizer, train_dir, method)
+            save_trained(trainer.model, run.tokenizer, train_dir, method, base_model=base_model_id(cfg.model),
+                         run_id=run.run_id, metrics=outcome.final)
         make_readable(saved_dir)
         analysis = None
         if run.initial_state is not None:
@@ -436,7 +439,7 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
         totals = outcome.totals
         record = build_record(
             run_id=run.run_id, task=str(cfg.task.name), adapter=str(cfg.adapter.name), r=run.values["r"],
-            mora_type=run.info.get("mora_type"), model=str(cfg.model.name), seed=run.values["seed"],
+            mora_type=run.info.get("mora_type"), model=model_label(cfg.model), seed=run.values["seed"],
             lr=run.values["lr"], experiment=_choice(choices, "experiment"),
             sweep=None if cfg.get("sweep") is None else str(cfg.sweep), config=run.resolved, params=run.info,
             history=outcome.history, final=outcome.final,

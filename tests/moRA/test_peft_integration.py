@@ -146,7 +146,7 @@ def test_rope_tables_are_buffers_that_follow_to_and_are_never_stale():
     logits(model)  # builds the tables
     layer = next(m for m in model.modules() if isinstance(m, MoraLayer))
     key = f"r{layer.mora_rank['default']}"
-    assert key in dict(layer.named_buffers(recurse=True).__iter__()) or key in layer.mora_rope
+    assert f"mora_rope.{key}" in dict(layer.named_buffers())  # a registered buffer (so .to() moves it) …
     assert layer.mora_rope[key].dtype == torch.float32
     assert not any("mora_rope" in k for k in model.state_dict())  # not saved: they are a function of r̂
     ref = logits(model)
@@ -293,3 +293,14 @@ def test_unsupported_layer_type_names_module_and_type():
 def test_import_registers_mora_with_peft():
     assert peft.PeftType("MORA") is moRA.MORA_PEFT_TYPE
     assert peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[moRA.MORA_PEFT_TYPE] is MoraConfig
+
+
+def test_safe_merge_of_a_broken_adapter_raises_peft_s_message_and_keeps_the_weights():
+    model = mora_model("sharing", 4)
+    layer = next(m for m in model.modules() if isinstance(m, MoraLayer))
+    w0 = layer.get_base_layer().weight.detach().clone()
+    with torch.no_grad():
+        layer.mora_M["default"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="^NaNs detected in the merged weights. The adapter default seems to be broken$"):
+        layer.merge(safe_merge=True)
+    assert torch.equal(layer.get_base_layer().weight, w0) and not layer.merged
