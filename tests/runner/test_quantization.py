@@ -2,6 +2,8 @@
 on the quantized layers, names the run and the record after the quantized model, and refuses what cannot work."""
 from __future__ import annotations
 
+import re
+
 import importlib.util
 
 import pytest
@@ -82,11 +84,11 @@ def test_run_id_and_record_name_the_quantized_model(compose_run_config):
     from runner.record import load_record
     from runner.run import run_experiment
 
-    assert compose_run_config("adapter=mora", "r=256").run_id == "uuid-tiny-mora-r256-sharing-lr3e-3-s42"
+    assert re.fullmatch(r"uuid-tiny-mora-r256-sharing-lr3e-3-s42-[0-9a-f]{8}", compose_run_config("adapter=mora", "r=256").run_id)
     assert model_label({"name": "tiny", "quantization": "none"}) == "tiny"
     cfg = compose_run_config(*TINY_RUN_OVERRIDES, "adapter=mora", "r=8", "model.quantization=nf4",
                              "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2")
-    assert cfg.run_id == "uuid-tiny-nf4-mora-r8-rope-lr3e-3-s42"
+    assert re.fullmatch(r"uuid-tiny-nf4-mora-r8-rope-lr3e-3-s42-[0-9a-f]{8}", cfg.run_id)
     summary = run_experiment(cfg)
     record = load_record(summary.record_path)
     assert record["model"] == "tiny-nf4" and record["config"]["model"]["quantization"] == "nf4"
