@@ -9,6 +9,7 @@ Cheap checks run first (config values, task config, resume state) so that bad in
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -22,6 +23,8 @@ import runner.config  # noqa: F401  (registers the run_id resolver)
 from runner.checkpoints import RECORD_COPY_NAME, clear_stale, plan_start
 from runner.errors import ConfigError, NonFiniteLossError
 from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,8 +179,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     if resume == "auto":
         done = completed_record(cfg.results_dir, run_id)
         if done is not None:
-            print(f"{run_id}: skipped, completed record exists ({Path(str(cfg.results_dir)) / (run_id + '.json')})",
-                  flush=True)
+            log.info(f"{run_id}: skipped, completed record exists ({Path(str(cfg.results_dir)) / (run_id + '.json')})")
             return RunSummary(run_id=run_id, record_path=Path(str(cfg.results_dir)) / f"{run_id}.json",
                               output_dir=output_dir, final=dict(done["final"]), wall_time_s=time.time() - start,
                               record=done)
@@ -189,7 +191,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     task = build_task(cfg.task)
     resume_from, stale = plan_start(output_dir, resume, bool(cfg.get("overwrite", False)))
     if resume_from is not None:
-        print(f"{run_id}: resuming from {resume_from}", flush=True)
+        log.info(f"{run_id}: resuming from {resume_from}")
 
     # heavy imports from here on
     import torch
@@ -198,6 +200,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     from runner.adapters import apply_adapter, describe_parameters, save_trained
     from runner.callbacks import EvaluateEveryCallback, WandbConfigCallback
     from runner.models import build_model
+    from runner.preflight import check_adapter_fits
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
@@ -211,8 +214,9 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     data = task.prepare(tokenizer)
     _check_train_data(data, str(cfg.task.name))
     set_seed(seed)
+    check_adapter_fits(model, cfg.adapter, r, method)  # "N parameters (X GB)" before allocating them
     model, info = apply_adapter(model, cfg.adapter, r)
-    print(describe_parameters(info, r), flush=True)
+    log.info(describe_parameters(info, r))
     # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
     # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.
     sv_threshold = cfg.task.get("sv_threshold")

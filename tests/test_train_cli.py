@@ -46,6 +46,12 @@ BAD_INPUTS = {
     "missing_field": ([f"task.data_path={FIXTURES / 'uuid_missing_value.jsonl'}"],
                       "uuid_missing_value.jsonl:2 has no 'value' field"),
     "resume_without_checkpoint": (["resume=true"], "has no complete checkpoint to resume from"),
+    # found before Hydra makes the run folder (they used to surface after it, or after training)
+    "late_mora_type": (["adapter.mora_type=7"], "adapter.mora_type=7: unknown mora_type 7"),
+    "late_batch_size": (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer, got 0"),
+    "late_output_dir_proc": (["output_dir=/proc/mora_run"], "output_dir=/proc/mora_run cannot be written"),
+    "late_output_dir_under_a_file": ([f"output_dir={FIXTURES / 'uuid_empty.jsonl'}/run"],
+                                     f"cannot be a folder: {FIXTURES / 'uuid_empty.jsonl'} is a file"),
 }
 
 
@@ -60,7 +66,7 @@ def test_bad_input_is_one_line_and_damages_nothing(tmp_path, case):
     assert expected in error_line(proc)
     assert existing.read_text() == '{"an": "earlier record"}'
     assert [p.name for p in results.iterdir()] == [existing.name]
-    if case.startswith(("r_", "lr_", "unknown_", "resume_")):  # caught before Hydra makes the run folder
+    if case.startswith(("r_", "lr_", "unknown_", "resume_", "late_")):  # caught before Hydra makes the run folder
         assert not (tmp_path / "outputs").exists()
 
 
