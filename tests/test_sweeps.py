@@ -217,3 +217,34 @@ def test_submitting_to_slurm_without_slurm_says_so_in_one_line(tmp_path, monkeyp
     assert main(["run", "uuid", "--launcher", "slurm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sbatch not found") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------- failing jobs
+def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
+    """An lr sweep where one lr is invalid (fails its check) and one diverges (NaN at step 2): both are noted as
+    failed with their reason, the good lr still runs and writes its record into its folder of the sweep, and the
+    process ends with exit code 1 and a summary naming the failed jobs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, TINY_RUN_OVERRIDES
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("MORA_DEBUG", None)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", "adapter=fft", "lr=-1,1e30,1e-3",
+                           *TINY_RUN_OVERRIDES, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    bad, nan, good = (f"uuid-tiny-fft-lr{lr}-s42" for lr in ("-1e0", "1e30", "1e-3"))
+    lines = proc.stderr.splitlines()
+    assert f"failed: {bad}: lr must be a positive finite number, got lr=-1" in lines
+    assert any(l.startswith(f"failed: {nan}: training loss became nan at step 2") for l in lines), proc.stderr
+    assert lines[-1].startswith(f"error: 2 jobs of the sweep failed ({bad}, {nan}); the others completed")
+    notes = {p.name: json.loads(p.read_text()) for p in (sweep / "failed").iterdir()}
+    assert sorted(notes) == sorted([f"{bad}.json", f"{nan}.json"])
+    assert notes[f"{bad}.json"]["overrides"][:2] == ["adapter=fft", "lr=-1"]
+    record = json.loads((sweep / good / f"{good}.json").read_text())  # the run's record in the run's folder
+    assert record["status"] == "completed" and record["lr"] == 1e-3
+    assert (sweep / good / "train.log").read_text().count(f"{good}: char_acc=") == 1
