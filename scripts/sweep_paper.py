@@ -101,7 +101,8 @@ def sweep_overrides(table: str, seeds: Sequence[int] = DEFAULT_SEEDS, base: str 
         rows = [f"experiment={base}", f"adapter.mora_type={_csv(ABLATION_TYPES)}"]
     else:
         rows = [f"experiment={_csv(experiments or table_experiments(table))}"]
-    return [*rows, f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto", f"hydra.sweep.dir=outputs/sweeps/{name}"]
+    return [*rows, f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto", "results_dir=results/runs",
+            f"hydra.sweep.dir=outputs/sweeps/{name}"]
 
 
 def launcher_overrides(launcher: str, resources: SlurmResources | None = None) -> list[str]:
@@ -160,9 +161,14 @@ def run_states(overrides: Sequence[str]) -> list[RunState]:
 
     states: list[RunState] = []
     seen: dict[str, tuple[str, ...]] = {}
+    from runner.preflight import output_dir_overridden
+
+    sweep_folder = [o for o in overrides if o.startswith("hydra.sweep.")]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         for job in expand(overrides):
-            cfg = compose(config_name="config", overrides=job)
+            cfg = compose(config_name="config", overrides=[*job, *sweep_folder], return_hydra_config=True)
+            if not output_dir_overridden(job):  # a multirun job's folder: hydra.sweep.dir/hydra.sweep.subdir
+                cfg.output_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
             run_id, output_dir = str(cfg.run_id), Path(str(cfg.output_dir))
             if not output_dir.is_absolute():
                 output_dir = REPO_ROOT / output_dir

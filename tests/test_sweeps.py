@@ -33,7 +33,8 @@ def test_the_uuid_sweep_on_slurm():
                                                   timeout_min=720))
     assert argv[:3] == ["python", "train.py", "-m"]
     assert argv[3] == "experiment=" + ",".join(table_experiments("uuid"))
-    assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto", "hydra.sweep.dir=outputs/sweeps/paper_uuid",
+    assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto", "results_dir=results/runs",
+                        "hydra.sweep.dir=outputs/sweeps/paper_uuid",
                         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=acct",
                         "hydra.launcher.nodes=4", "hydra.launcher.gpus_per_node=8", "hydra.launcher.timeout_min=720"]
 
@@ -108,6 +109,16 @@ def test_resubmission_skips_completed_resumes_unfinished_and_starts_new(tmp_path
     # a record that is not a valid completed record does not count as done
     (tmp_path / "results" / f"{cfgs[3].run_id}.json").write_text('{"status": "running"}')
     assert run_states(overrides)[3].state == "new"
+
+
+def test_resubmission_state_looks_in_the_jobs_folders_of_the_sweep(tmp_path):
+    """Without output_dir=…, a multirun job's folder (checkpoints, record) is hydra.sweep.dir/<run_id>."""
+    overrides = ["seed=1,2", "sweep=t", "resume=auto", "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"]
+    run_ids = [s.run_id for s in run_states(overrides)]
+    _checkpoint(tmp_path / "sweep" / run_ids[1], 10)
+    _write_record(compose(["seed=1", f"output_dir={tmp_path}/sweep/{run_ids[0]}"]), tmp_path / "sweep" / run_ids[0])
+    assert [(s.state, s.checkpoint) for s in run_states(overrides)] == [("completed", None),
+                                                                       ("resumable", "checkpoint-10")]
 
 
 def test_the_runner_applies_the_same_rule(tmp_path):
