@@ -47,9 +47,13 @@ def check_group_choices(argv: list[str]) -> None:
 
 
 def route_library_logs_to_run_log() -> None:
-    """transformers logs through its own console handler (no propagation): give it the run's log file too."""
+    """transformers logs through its own console handler (no propagation): give it this job's log file too (and
+    take away an earlier job's, in a multirun run in this process)."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     library = logging.getLogger("transformers")
+    for handler in list(library.handlers):
+        if isinstance(handler, logging.FileHandler) and handler not in files:
+            library.removeHandler(handler)
     for handler in files:
         if handler not in library.handlers:
             library.addHandler(handler)
@@ -64,7 +68,8 @@ def _one_job(cfg: DictConfig, multirun: bool) -> None:
 
         check_run(cfg)
     summary = run_experiment(cfg, choices=dict(HydraConfig.get().runtime.choices))
-    log.info(summary.one_line())
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line under torchrun, not one per process
+        log.info(summary.one_line())
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
