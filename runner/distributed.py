@@ -2,9 +2,10 @@
 batch plan that keeps a paper setting's meaning at any world size.
 
 - ``trainer.batch_size`` is the GLOBAL batch (sequences per optimizer step over all processes) and
-  ``trainer.micro_batch_size`` the per-process forward batch; the runner derives the gradient accumulation from the
-  world size (``runner.training.gradient_accumulation``: batch / (micro · world)). So ``experiment=paper/math_mora_r8``
-  means 128 sequences per step on 1 × 8 GPUs (accumulation 4) and on 4 × 8 GPUs (accumulation 1) alike.
+  ``trainer.micro_batch_size`` the largest per-process forward batch; :func:`batch_plan` derives the forward batch and
+  the gradient accumulation from the world size. So ``experiment=paper/math_mora_r8`` means 128 sequences per step on
+  1 × 8 GPUs (accumulation 4) and on 4 × 8 GPUs (accumulation 1) alike, and the CPU default (batch 16, micro 16) runs
+  under ``torchrun --nproc_per_node 2`` as micro 8 × 2 processes.
 - Under ``torchrun`` / the ``deepspeed`` launcher the launcher sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
   MASTER_PORT. Under ``hydra/launcher=slurm`` (submitit) SLURM starts one task per GPU and sets only its own
   variables; :class:`DistributedEnvCallback` (a Hydra callback, configured in configs/hydra/launcher/*.yaml) maps them
@@ -37,14 +38,29 @@ class BatchPlan:
 
 
 def batch_plan(global_batch: int, micro_batch: int, world_size: int) -> BatchPlan:
-    """The runner's own rule (``runner.training.gradient_accumulation``) for ``world_size`` processes; raises its
-    ``ConfigError`` (one line) when ``global_batch`` is not a multiple of ``micro_batch · world_size``."""
-    from runner.training import gradient_accumulation
+    """How ``global_batch`` sequences per optimizer step are split over ``world_size`` processes.
 
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size <= 0:
-        raise ValueError(f"world size must be a positive integer, got {world_size!r}")
-    return BatchPlan(global_batch, micro_batch, world_size,
-                     gradient_accumulation(global_batch, micro_batch, world_size))
+    Each process takes ``global_batch / world_size`` sequences per step, in forward passes of the largest size that
+    divides that share and is at most ``micro_batch`` (``micro_batch`` is a memory bound, ``global_batch`` the
+    setting's meaning): batch 16, micro 16 gives micro 16 × 1 process × 1 step and micro 8 × 2 processes × 1 step.
+    ``ConfigError`` (one line) when a value is not a positive integer or ``global_batch`` does not split evenly over
+    the processes."""
+    from runner.errors import ConfigError
+
+    for key, value in (("trainer.batch_size", global_batch), ("trainer.micro_batch_size", micro_batch),
+                       ("world size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if global_batch % world_size:
+        raise ConfigError(f"trainer.batch_size={global_batch} cannot be split evenly over {world_size} processes")
+    share = global_batch // world_size
+    micro = max(d for d in range(1, min(micro_batch, share) + 1) if share % d == 0)
+    return BatchPlan(global_batch, micro, world_size, share // micro)
+
+
+def world_size_from_env(environ: Mapping[str, str] = os.environ) -> int:
+    """The number of training processes a launcher (torchrun, deepspeed, submitit's callback) announced; 1 without."""
+    return int(environ.get("WORLD_SIZE", "1"))
 
 
 def submitit_torch_env(job_env: Any) -> dict[str, str] | None:
@@ -91,4 +107,4 @@ class DistributedEnvCallback(Callback):
 
 
 __all__ = ["BatchPlan", "DistributedEnvCallback", "TORCH_DIST_VARS", "batch_plan", "export_torch_env",
-           "submitit_torch_env"]
+           "submitit_torch_env", "world_size_from_env"]

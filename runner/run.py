@@ -13,6 +13,7 @@ Cheap checks run first (config values, identity, resume state) so that bad input
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -27,6 +28,8 @@ from runner.checkpoints import (RECORD_COPY_NAME, StartPlan, clear_stale, make_r
                                 swap_in_attempt)
 from runner.errors import ConfigError, NonFiniteLossError
 from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -290,7 +293,7 @@ def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
     if done is None:
         return None
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
-        print(f"{run_id}: skipped, completed record exists ({record_path}); nothing was changed", flush=True)
+        log.info(f"{run_id}: skipped, completed record exists ({record_path}); nothing was changed")
     return RunSummary(run_id=run_id, record_path=record_path, output_dir=Path(str(cfg.output_dir)),
                       final=dict(done["final"]), wall_time_s=time.time() - start, record=done,
                       main_process=os.environ.get("RANK", "0") == "0")
@@ -312,10 +315,10 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     task = build_task(cfg.task)
     start_plan = plan(output_dir, resume_mode(cfg.resume), bool(cfg.get("overwrite", False)), chash)
     if start_plan.resume_from is not None:
-        print(f"{run_id}: resuming from {start_plan.resume_from}", flush=True)
+        log.info(f"{run_id}: resuming from {start_plan.resume_from}")
     elif start_plan.aside:
-        print(f"{run_id}: the finished run in {output_dir} stays until this attempt ({start_plan.train_dir}) "
-              f"succeeds", flush=True)
+        log.info(f"{run_id}: the finished run in {output_dir} stays until this attempt ({start_plan.train_dir}) "
+                 f"succeeds")
 
     # heavy imports from here on
     import torch
@@ -326,6 +329,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
                                   WandbConfigCallback)
     from runner.models import build_model
     from runner.optimizers import optimizer_factory
+    from runner.preflight import check_adapter_fits
     from runner.training import TaskTrainer, training_arguments
 
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
@@ -340,8 +344,9 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     data = task.prepare(tokenizer)
     _check_train_data(data, str(cfg.task.name))
     set_seed(seed)
+    check_adapter_fits(model, cfg.adapter, r, values["method"])  # "N parameters (X GB)" before allocating them
     model, info = apply_adapter(model, cfg.adapter, r)
-    print(describe_parameters(info, r), flush=True)
+    log.info(describe_parameters(info, r))
     # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
     # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.
     initial_state = None

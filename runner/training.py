@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 from transformers import Trainer, TrainingArguments
 
+from runner.distributed import batch_plan
 from runner.errors import ConfigError, NonFiniteLossError
 from runner.validation import check_learning_rate
 
@@ -59,12 +60,8 @@ def _positive_int(trainer_cfg: Mapping[str, Any], key: str, allow_zero: bool = F
 
 
 def gradient_accumulation(batch_size: int, micro_batch_size: int, n_processes: int) -> int:
-    """``batch_size / (micro_batch_size · n_processes)``; ``ConfigError`` unless it divides exactly."""
-    per_step = micro_batch_size * n_processes
-    if batch_size % per_step:
-        raise ConfigError(f"trainer.batch_size={batch_size} is not a multiple of micro_batch_size × processes "
-                          f"= {micro_batch_size} × {n_processes}")
-    return batch_size // per_step
+    """Accumulation steps of ``runner.distributed.batch_plan`` (the one rule)."""
+    return batch_plan(batch_size, micro_batch_size, n_processes).accumulation
 
 
 def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, run_name: str,
@@ -75,7 +72,7 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
         raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     batch_size = _positive_int(trainer_cfg, "batch_size")
     micro = _positive_int(trainer_cfg, "micro_batch_size")
-    accumulation = gradient_accumulation(batch_size, micro, world_size())
+    plan = batch_plan(batch_size, micro, world_size())  # the forward batch and accumulation for this world size
     lr = check_learning_rate(trainer_cfg.get("learning_rate"), "lr")
     max_steps = trainer_cfg.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int):
@@ -99,8 +96,8 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
         data_seed=int(trainer_cfg.get("seed", 42)),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
         optim=str(trainer_cfg.get("optim", "adamw_torch")),
         learning_rate=lr,
         weight_decay=float(trainer_cfg.get("weight_decay", 0.0)),

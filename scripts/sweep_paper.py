@@ -113,7 +113,7 @@ def row_overrides(experiment: str, table: str, seeds: Sequence[int] = DEFAULT_SE
     grid comes from its file)."""
     _check_seeds(seeds)
     name = f"paper_{table}"
-    return [f"experiment={experiment}", f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto",
+    return [f"experiment={experiment}", f"seed={_csv(seeds)}", f"sweep={name}", "resume=auto", "results_dir=results/runs",
             f"hydra.sweep.dir=outputs/sweeps/{name}"]
 
 
@@ -186,10 +186,14 @@ def run_states(overrides: Sequence[str]) -> list[RunState]:
 
     states: list[RunState] = []
     seen: dict[str, tuple[str, ...]] = {}
-    jobs = expand(overrides)
+    from runner.preflight import output_dir_overridden
+
+    sweep_folder = [o for o in overrides if o.startswith("hydra.sweep.")]
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        for job in jobs:
-            cfg = compose(config_name="config", overrides=job)
+        for job in expand(overrides):
+            cfg = compose(config_name="config", overrides=[*job, *sweep_folder], return_hydra_config=True)
+            if not output_dir_overridden(job):  # a multirun job's folder: hydra.sweep.dir/hydra.sweep.subdir
+                cfg.output_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
             run_id, output_dir = str(cfg.run_id), Path(str(cfg.output_dir))
             if not output_dir.is_absolute():
                 output_dir = REPO_ROOT / output_dir

@@ -30,7 +30,7 @@ def test_default_config_is_the_offline_cpu_run():
     cfg = _resolved(compose([]))
     assert (cfg["model"]["name"], cfg["adapter"]["name"], cfg["task"]["name"]) == ("tiny", "mora", "uuid")
     assert cfg["trainer"]["deepspeed"] == "none" and cfg["logger"]["mode"] == "offline"
-    assert cfg["resume"] is False and cfg["results_dir"] == "results/runs"
+    assert cfg["resume"] is False and cfg["results_dir"] == cfg["output_dir"]  # a user's run: its own folder
     assert cfg["lr"] == cfg["adapter"]["lr"] == cfg["trainer"]["learning_rate"]
 
 

@@ -34,7 +34,7 @@ def test_the_uuid_sweep_on_slurm_is_one_multirun_per_row():
     assert [argv[3] for argv in commands] == [f"experiment={row}" for row in table_experiments("uuid")]
     for argv in commands:
         assert argv[:3] == ["python", "train.py", "-m"]
-        assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto",
+        assert argv[4:] == ["seed=42,43", "sweep=paper_uuid", "resume=auto", "results_dir=results/runs",
                             "hydra.sweep.dir=outputs/sweeps/paper_uuid", "hydra/launcher=slurm",
                             "hydra.launcher.partition=gpu", "hydra.launcher.account=acct", "hydra.launcher.nodes=4",
                             "hydra.launcher.gpus_per_node=8", "hydra.launcher.timeout_min=720"]
@@ -127,6 +127,16 @@ def test_resubmission_skips_completed_resumes_unfinished_and_starts_new(tmp_path
     # a record that is not a valid completed record does not count as done
     (tmp_path / "results" / f"{cfgs[3].run_id}.json").write_text('{"status": "running"}')
     assert run_states(overrides)[3].state == "new"
+
+
+def test_resubmission_state_looks_in_the_jobs_folders_of_the_sweep(tmp_path):
+    """Without output_dir=…, a multirun job's folder (checkpoints, record) is hydra.sweep.dir/<run_id>."""
+    overrides = ["seed=1,2", "sweep=t", "resume=auto", "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"]
+    run_ids = [s.run_id for s in run_states(overrides)]
+    _checkpoint(tmp_path / "sweep" / run_ids[1], 10)
+    _write_record(compose(["seed=1", f"output_dir={tmp_path}/sweep/{run_ids[0]}"]), tmp_path / "sweep" / run_ids[0])
+    assert [(s.state, s.checkpoint) for s in run_states(overrides)] == [("completed", None),
+                                                                       ("resumable", "checkpoint-10")]
 
 
 def test_the_runner_applies_the_same_rule(tmp_path):
@@ -236,3 +246,34 @@ def test_submitting_to_slurm_without_slurm_says_so_in_one_line(tmp_path, monkeyp
     assert main(["run", "uuid", "--launcher", "slurm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sbatch not found") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------- failing jobs
+def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
+    """An lr sweep where one lr is invalid (fails its check) and one diverges (NaN at step 2): both are noted as
+    failed with their reason, the good lr still runs and writes its record into its folder of the sweep, and the
+    process ends with exit code 1 and a summary naming the failed jobs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, TINY_RUN_OVERRIDES
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("MORA_DEBUG", None)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", "adapter=fft", "lr=-1,1e30,1e-3",
+                           *TINY_RUN_OVERRIDES, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    bad, nan, good = (f"uuid-tiny-fft-lr{lr}-s42" for lr in ("-1e0", "1e30", "1e-3"))
+    lines = proc.stderr.splitlines()
+    assert f"failed: {bad}: lr must be a positive finite number, got lr=-1" in lines
+    assert any(l.startswith(f"failed: {nan}: training loss became nan at step 2") for l in lines), proc.stderr
+    assert lines[-1].startswith(f"error: 2 jobs of the sweep failed ({bad}, {nan}); the others completed")
+    notes = {p.name: json.loads(p.read_text()) for p in (sweep / "failed").iterdir()}
+    assert sorted(notes) == sorted([f"{bad}.json", f"{nan}.json"])
+    assert notes[f"{bad}.json"]["overrides"][:2] == ["adapter=fft", "lr=-1"]
+    record = json.loads((sweep / good / f"{good}.json").read_text())  # the run's record in the run's folder
+    assert record["status"] == "completed" and record["lr"] == 1e-3
+    assert (sweep / good / "train.log").read_text().count(f"{good}: char_acc=") == 1

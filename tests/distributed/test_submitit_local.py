@@ -1,6 +1,7 @@
 """A 2-job multirun through hydra-submitit-launcher's local executor (``hydra/launcher=local``: the submission path of
 ``hydra/launcher=slurm``, each job its own processes), each job run as 2 tasks like a SLURM job over 2 GPUs; then the
-same command again, which re-trains nothing.
+same command again, which re-trains nothing. The second job has a bad value and fails in its own processes: it is
+noted in the sweep folder, the first completes, and the submitting process exits 1 naming it.
 
 The 2 tasks of a job get torch's distributed variables from ``runner.distributed.DistributedEnvCallback`` (the
 callback configs/hydra/launcher/{local,slurm}.yaml install), so the Trainer sees a world of 2: accumulation 1 for a
@@ -16,12 +17,13 @@ import torch
 
 from tests.distributed.conftest import REPO, TIMEOUT_S, TINY_DISTRIBUTED, load_weights, subprocess_env
 
-RUN_IDS = [f"uuid-tiny-mora-r8-rope-lr3e-3-s{s}" for s in (42, 43)]
+RUN_IDS = ["uuid-tiny-mora-r8-rope-lr3e-3-s42"]
+BAD_RUN_ID = "uuid-tiny-mora-r8-rope-lr3e-3-soops"
 ATOL = 1e-5
 
 
 def _sweep(tmp_path: Path) -> list[str]:
-    return [sys.executable, "train.py", "-m", "seed=42,43", "sweep=submitit_test", "resume=auto",
+    return [sys.executable, "train.py", "-m", "seed=42,oops", "sweep=submitit_test", "resume=auto",
             "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", *TINY_DISTRIBUTED,
             "trainer.micro_batch_size=4", f"output_dir={tmp_path}/outputs/${{run_id}}",
             f"results_dir={tmp_path}/results", f"hydra.sweep.dir={tmp_path}/sweep"]
@@ -30,7 +32,9 @@ def _sweep(tmp_path: Path) -> list[str]:
 def _submit(tmp_path: Path) -> str:
     proc = subprocess.run(_sweep(tmp_path), cwd=REPO, env=subprocess_env(TRANSFORMERS_VERBOSITY="info"),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-4000:]  # the seed=oops job failed
+    assert proc.stderr.splitlines()[-1].startswith(f"error: 1 job of the sweep failed ({BAD_RUN_ID})"), proc.stderr
+    assert f"failed: {BAD_RUN_ID}: seed must be an integer, got seed='oops'" in proc.stderr
     return proc.stdout + proc.stderr
 
 
@@ -45,7 +49,10 @@ def test_two_job_multirun_of_two_task_jobs_through_submitit_local(tmp_path, one_
     assert "Submitit 'local' sweep output dir" in out
     jobs = _job_logs(tmp_path)
     assert len(jobs) == 2 and all(len(logs) == 4 for logs in jobs.values())  # 2 jobs × 2 tasks × out/err
+    assert [p.name for p in (tmp_path / "sweep" / "failed").iterdir()] == [f"{BAD_RUN_ID}.json"]
     for logs in jobs.values():  # the Trainer (rank 0) saw a world of 2
+        if "seed must be an integer" in "".join(log.read_text() for log in logs):
+            continue
         text = "".join(log.read_text() for log in logs)
         assert "Gradient Accumulation steps = 1" in text and "(w. parallel, distributed & accumulation) = 8" in text
 
@@ -61,5 +68,6 @@ def test_two_job_multirun_of_two_task_jobs_through_submitit_local(tmp_path, one_
     _submit(tmp_path)  # the same command: both runs exist, so both jobs skip
     new_logs = [log for job, logs in _job_logs(tmp_path).items() if job not in jobs for log in logs
                 if log.name.endswith(".out")]
-    assert len(new_logs) == 4 and all("skipped, completed record exists" in p.read_text() for p in new_logs)
+    assert len(new_logs) == 4  # 2 jobs × 2 tasks
+    assert sum("skipped, completed record exists" in p.read_text() for p in new_logs) == 2
     assert {name: (tmp_path / "results" / name).read_bytes() for name in records} == before
