@@ -9,18 +9,13 @@ Rules (documented; the tests pin every one of them):
   ``parse_number``: "$", "€", "£", "%", thousands separators ("1,234"), trailing units/words ("12 apples") and a
   trailing period are dropped; the first number found is taken. Two numbers are equal when they differ by less
   than 1e-6 (so "18.0" == "18", "1,000" == "1000").
-- MATH: the gold answer is the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of the reference solution.
-  Both sides go through ``normalize_latex`` (drops spaces, ``\\left``/``\\right``, ``\\!``, ``\\,``, ``$``, degrees,
-  ``\\text{units}``, a trailing period, an outer ``\\boxed{}``; ``\\dfrac``/``\\tfrac`` → ``\\frac``; ``\\frac12`` →
-  ``\\frac{1}{2}``; ``a/b`` of two integers → ``\\frac{a}{b}``; ``\\sqrt2`` → ``\\sqrt{2}``; a leading "x=" of a
-  short answer; "0.5" and ".5" alike). Two answers are equivalent when their normalized strings are identical or
-  both evaluate to plain numbers (integers, decimals, ``\\frac{a}{b}``, ``a/b``, optionally negative) that differ by
-  less than 1e-6.
+- MATH: the gold answer is the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of the reference solution;
+  equivalence is the reference rule, lm-eval's Hendrycks ``is_equiv`` (string equality after its LaTeX clean-up; no
+  numeric tolerance), see ``math_is_equiv``.
 """
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 ANSWER_MARKER = "The answer is"
 
@@ -102,101 +97,16 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _fix_fracs(s: str) -> str:
-    """``\\frac12`` → ``\\frac{1}{2}``, ``\\frac1{b}`` → ``\\frac{1}{b}``."""
-    parts = s.split("\\frac")
-    out = parts[0]
-    for part in parts[1:]:
-        out += "\\frac"
-        if not part or part[0] == "{":
-            if part.startswith("{"):
-                # numerator braced; the denominator may be a bare character
-                depth, end = 0, None
-                for i, ch in enumerate(part):
-                    depth += ch == "{"
-                    depth -= ch == "}"
-                    if depth == 0:
-                        end = i
-                        break
-                if end is not None and end + 1 < len(part) and part[end + 1] != "{":
-                    part = part[: end + 1] + "{" + part[end + 1] + "}" + part[end + 2:]
-            out += part
-            continue
-        if len(part) < 2:
-            return s
-        a, b = part[0], part[1]
-        if b != "{":
-            out += "{" + a + "}{" + b + "}" + part[2:]
-        else:
-            out += "{" + a + "}" + part[1:]
-    return out
-
-
-def _fix_sqrt(s: str) -> str:
-    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
-
-
-def normalize_latex(answer: str | None) -> str | None:
-    """A canonical string for a MATH answer (see the module docstring for the rules)."""
-    if answer is None:
-        return None
-    s = answer.strip()
-    boxed = last_boxed(s) if ("\\boxed" in s or "\\fbox" in s) else None
-    if boxed is not None:
-        s = boxed
-    s = s.replace("\n", "").replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", "")
-    s = s.replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
-    s = s.replace("\\$", "").replace("$", "")
-    s = s.replace("\\%", "").replace("%", "")
-    # trailing "\text{ units}" (hendrycks-style unit removal) and \text{} wrappers
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}\s*$", "", s) if re.search(r"\d", s) else s
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
-    s = s.strip().rstrip(".").strip()
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if s.startswith("."):
-        s = "0" + s
-    # "x = 5" → "5" for short answers
-    if len(s.split("=")) == 2 and len(s.split("=")[0].strip()) <= 2:
-        s = s.split("=")[1]
-    s = _fix_sqrt(s)
-    s = s.replace(" ", "")
-    s = _fix_fracs(s)
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    m = re.fullmatch(r"(-?\d+)/(\d+)", s)
-    if m:
-        s = "\\frac{%s}{%s}" % (m.group(1), m.group(2))
-    return s
-
-
-_FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}")
-
-
-def latex_to_number(normalized: str | None) -> float | None:
-    """A plain number for normalized strings like "12", "-0.25", "\\frac{3}{4}", "-\\frac{3}{4}", else None."""
-    if normalized is None:
-        return None
-    s = normalized.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", normalized) else normalized
-    if re.fullmatch(r"-?\d+(\.\d+)?", s):
-        return float(s)
-    m = _FRAC_RE.fullmatch(s)
-    if m:
-        den = Fraction(m.group(3))
-        if den == 0:
-            return None
-        value = Fraction(m.group(2)) / den
-        return float(-value if m.group(1) else value)
-    return None
-
-
 def math_is_equiv(extracted: str | None, gold: str | None) -> bool:
-    """Whether two MATH answers are the same after LaTeX normalization (or numerically equal)."""
+    """Whether two MATH answers are equivalent under the reference rule: lm-eval's Hendrycks ``is_equiv``.
+
+    That rule (``lm_eval.tasks.hendrycks_math.utils.is_equiv``; MetaMath's ``eval_math.py`` uses the same function)
+    compares the two strings after a fixed LaTeX clean-up (``\\dfrac``/``\\tfrac`` → ``\\frac``, ``\\frac12`` →
+    ``\\frac{1}{2}``, ``a/b`` → ``\\frac{a}{b}``, ``\\left``/``\\right``, spaces, ``\\$``, ``\\%``, degrees,
+    units after ``\\text{ ``, a short leading ``x =``, ``0.5`` ↔ ``\\frac{1}{2}``); nothing is evaluated numerically,
+    so ``0.333333`` is not ``\\frac{1}{3}`` and ``2.0`` is not ``2``. A missing answer (None) is wrong."""
     if extracted is None or gold is None:
         return False
-    a, b = normalize_latex(extracted), normalize_latex(gold)
-    if a == b and a != "":
-        return True
-    return numbers_equal(latex_to_number(a), latex_to_number(b))
+    from lm_eval.tasks.hendrycks_math.utils import is_equiv   # lm-eval indexes its tasks on import: load when used
+
+    return bool(is_equiv(extracted, gold))
