@@ -106,3 +106,31 @@ def test_constraints_pin_the_tested_torch_build():
     lines = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert "torch==2.13.0" in lines
+
+
+def test_download_advice_names_the_installed_hub_cli():
+    """Every "download it with ..." message names `hf` (huggingface_hub's CLI), not the removed `huggingface-cli`."""
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    assert "hf" in scripts
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.yaml", "*.md"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    stale = [name for name in tracked if name != "CHANGELOG.md" and Path(name) != Path(__file__).relative_to(ROOT)
+             and "huggingface-cli" in (ROOT / name).read_text(errors="replace")]
+    assert not stale, f"advice names huggingface-cli (not installed by huggingface_hub >= 1.0): {stale}"
+
+
+def test_licence_citation_and_changelog_match_the_declared_project(wheel):
+    import yaml
+
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    assert "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in wheel.namelist())
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "Apache-2.0"
+    assert citation["version"] == PYPROJECT["project"]["version"]
+    assert "2405.12130" in citation["preferred-citation"]["url"]
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()

@@ -21,7 +21,7 @@ Malformed rows (missing/non-string ``input``, fewer than 2 options, ``gold_index
 skipped and counted: ``<domain>/<task>/n_skipped`` appears in the metrics when > 0; a task with no valid row is an
 error. Local copies: ``data_dir`` = a folder laid out like the hub repository (``<dir>/<folder>/test.json``; folder
 names accepted per task are listed in ``TASK_FOLDERS``), e.g. after
-``huggingface-cli download --repo-type dataset AdaptLLM/medicine-tasks --local-dir DIR``.
+``hf download --repo-type dataset AdaptLLM/medicine-tasks --local-dir DIR``.
 """
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def test_offline_without_local_copy_fails_fast_in_one_line(tok, task_cls, name, 
     message = str(info.value)
     assert time.time() - start < 10
     assert "\n" not in message
-    assert dataset in message and "task.data_path=" in message and "huggingface-cli download" in message
+    assert dataset in message and "task.data_path=" in message and "hf download" in message
 
 
 def test_missing_local_file_is_named(tmp_path):
@@ -169,7 +169,7 @@ def test_evaluation_data_offline_fails_fast_in_one_line():
                             (mmlu, "cais/mmlu", "task.eval.mmlu.test_path="),
                             (adapt, "AdaptLLM/finance-tasks", "task.eval.data_dir=DIR")]:
         message = str(info.value)
-        assert "\n" not in message and name in message and key in message and "huggingface-cli download" in message
+        assert "\n" not in message and name in message and key in message and "hf download" in message
 
 
 def test_local_eval_files_are_used_and_checked(tmp_path):
