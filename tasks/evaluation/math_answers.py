@@ -1,38 +1,84 @@
-"""Answer extraction and equivalence for GSM8K and MATH (MetaMath's zero-shot convention).
+"""Answer extraction and equivalence for GSM8K and MATH: MetaMath's evaluation rules (its eval_gsm8k.py and
+eval_math.py), so that accuracies compare with the published ones.
 
-The model is prompted with the Alpaca template and asked for free text ending in "The answer is: <answer>".
-Rules (documented; the tests pin every one of them):
+The model is prompted with the Alpaca template and writes free text ending in "The answer is: <answer>"
+(MetaMathQA's convention). Rules (the tests pin every one of them):
 
-- ``extract_marked_answer``: the text after the LAST occurrence of "The answer is" (an optional ":" after it),
-  up to the end of that line; no marker → ``None`` (scored as wrong; there is no fallback to "last number").
-- GSM8K: the gold answer is the text after "####" in the reference solution. Both sides go through
-  ``parse_number``: "$", "€", "£", "%", thousands separators ("1,234"), trailing units/words ("12 apples") and a
-  trailing period are dropped; the first number found is taken. Two numbers are equal when they differ by less
-  than 1e-6 (so "18.0" == "18", "1,000" == "1000").
-- MATH: the gold answer is the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of the reference solution;
-  equivalence is the reference rule, lm-eval's Hendrycks ``is_equiv`` (string equality after its LaTeX clean-up; no
-  numeric tolerance), see ``math_is_equiv``.
+- ``answer_text``: the text after the LAST occurrence of ``ANSWER_MARKER`` = "The answer is: " (exactly: case, colon
+  and space); no marker → ``None``, scored as wrong (there is no fallback to "the last number").
+- GSM8K, ``gsm8k_compare="integer"`` (MetaMath's rule, the default): the first number of the answer text (an
+  optional sign, digits, at most one "." / "," / "/" inside) is read as a number ("," dropped, "a/b" divided, "a/0"
+  read as a) and rounded to the nearest integer (Python's ``round``: halves to even), then compared with the integer
+  after "####" in the reference solution. ``gsm8k_compare="number"``: the first line of the answer text and the
+  gold go through ``parse_number`` (currency, percent, every thousands separator dropped) and must agree within
+  1e-6 — stricter than MetaMath on non-integers, and it reads "1,234,567" whole where MetaMath's pattern stops at
+  "1,234".
+- MATH: the answer is the answer text up to the first ".\n", stripped, with one trailing "." removed; the gold is
+  the content of the last ``\\boxed{...}`` of the reference solution; equivalence is the reference rule, lm-eval's
+  Hendrycks ``is_equiv`` (string equality after its LaTeX clean-up; no numeric tolerance), see ``math_is_equiv``.
 """
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
-ANSWER_MARKER = "The answer is"
+ANSWER_MARKER = "The answer is: "
+GSM8K_COMPARISONS = ("integer", "number")
 
-_MARKER_RE = re.compile(r"The answer is\s*:?", re.IGNORECASE)
 
-
-def extract_marked_answer(generation: str) -> str | None:
-    """The answer the model states after the last "The answer is:" (to the end of that line), or None."""
-    matches = list(_MARKER_RE.finditer(generation or ""))
-    if not matches:
+def answer_text(generation: str | None) -> str | None:
+    """The text after the last ``ANSWER_MARKER`` (raw, to the end of the generation), or None without a marker."""
+    if not generation or ANSWER_MARKER not in generation:
         return None
-    rest = generation[matches[-1].end():].strip()
-    answer = rest.split("\n", 1)[0].strip()
-    return answer or None
+    return generation.rsplit(ANSWER_MARKER, 1)[1]
 
 
-# ---------------------------------------------------------------- GSM8K numbers
+def extract_math_answer(generation: str | None) -> str | None:
+    """MetaMath's MATH answer: the answer text up to the first ".\\n", stripped, one trailing "." dropped."""
+    text = answer_text(generation)
+    if text is None:
+        return None
+    answer = text.split(".\n", 1)[0].strip()
+    if answer.endswith("."):
+        answer = answer[:-1].strip()
+    return answer
+
+
+# ---------------------------------------------------------------- GSM8K
+_LEADING_NUMBER = re.compile(r"[-+]?\d*[.,/]?\d+")
+
+
+def leading_integer(text: str | None) -> int | None:
+    """The first number of ``text`` rounded to an integer, as MetaMath reads a GSM8K answer (see the module doc)."""
+    match = _LEADING_NUMBER.search(text or "")
+    if match is None:
+        return None
+    token = match.group(0)
+    if "/" in token:
+        numerator, denominator = token.split("/")
+        if not re.fullmatch(r"[-+]?\d+", numerator):
+            return None
+        if int(denominator) == 0:
+            return round(float(numerator))
+        return round(float(Fraction(int(numerator), int(denominator))))
+    value = float(token.replace(",", ""))
+    return None if math.isinf(value) else round(value)
+
+
+def gsm8k_prediction(generation: str | None, compare: str = "integer") -> int | float | None:
+    """The model's GSM8K answer under rule ``compare`` ("integer" or "number"), or None."""
+    text = answer_text(generation)
+    if text is None:
+        return None
+    if compare == "integer":
+        return leading_integer(text.strip())
+    if compare == "number":
+        return parse_number(text.strip().split("\n", 1)[0])
+    raise ValueError(f"task.eval.gsm8k.compare={compare!r}; expected one of {list(GSM8K_COMPARISONS)}")
+
+
+# ---------------------------------------------------------------- numbers in free text (also ConvFinQA)
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
 
 
@@ -65,13 +111,24 @@ def gsm8k_gold_answer(reference_solution: str) -> str:
     return reference_solution.rsplit("####", 1)[1].strip()
 
 
+def gsm8k_gold_value(gold: str, compare: str = "integer") -> int | float | None:
+    """The gold answer (text after "####") as the number rule ``compare`` compares with."""
+    if compare == "integer":
+        text = gold.replace(",", "").strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else leading_integer(text)
+    return parse_number(gold)
+
+
 def numbers_equal(a: float | None, b: float | None, tol: float = 1e-6) -> bool:
     return a is not None and b is not None and abs(a - b) < tol
 
 
-def gsm8k_is_correct(extracted: str | None, gold: str) -> bool:
-    """``extracted`` (the model's stated answer) equals ``gold`` (the text after ####) as numbers."""
-    return numbers_equal(parse_number(extracted), parse_number(gold))
+def gsm8k_is_correct(generation: str | None, gold: str, compare: str = "integer") -> bool:
+    """Whether ``generation`` states the gold answer (the text after "####") under rule ``compare``."""
+    predicted, expected = gsm8k_prediction(generation, compare), gsm8k_gold_value(gold, compare)
+    if compare == "integer":
+        return predicted is not None and predicted == expected
+    return numbers_equal(predicted, expected)
 
 
 # ---------------------------------------------------------------- MATH (LaTeX)

@@ -2,20 +2,36 @@
 import pytest
 
 from tasks.evaluation.math_answers import (
-    extract_marked_answer, gsm8k_gold_answer, gsm8k_is_correct, last_boxed, math_is_equiv, parse_number,
+    answer_text, extract_math_answer, gsm8k_gold_answer, gsm8k_is_correct, last_boxed, leading_integer, math_is_equiv,
+    parse_number,
 )
 
 
 @pytest.mark.parametrize("generation, expected", [
     ("3 + 2 = 5.\nThe answer is: 5", "5"),
     ("The answer is: 4\nWait.\nThe answer is: 7", "7"),          # the LAST marker wins
-    ("so the answer is 12 apples", "12 apples"),                   # case-insensitive, ":" optional
-    ("The answer is: \\frac{3}{4}\n\n### Instruction: more", "\\frac{3}{4}"),  # stops at the line end
+    ("so the answer is: 12 apples", None),                         # the marker is exact: case
+    ("The answer is 12", None),                                    # ... and ": "
+    ("The answer is: \\frac{3}{4}.\n\nmore", "\\frac{3}{4}"),     # cut at ".\n", trailing "." dropped
+    ("The answer is: 12.", "12"),
     ("I think it is 42.", None),                                   # no marker → no answer (scored wrong)
-    ("The answer is:   \n", None),
+    ("The answer is:   \n", ""),
 ])
-def test_extract_marked_answer(generation, expected):
-    assert extract_marked_answer(generation) == expected
+def test_extract_math_answer(generation, expected):
+    assert extract_math_answer(generation) == expected
+
+
+def test_answer_text_is_everything_after_the_last_marker():
+    assert answer_text("The answer is: 1\nThe answer is: 2\nmore") == "2\nmore"
+    assert answer_text(None) is None and answer_text("") is None
+
+
+@pytest.mark.parametrize("text, value", [
+    ("12", 12), ("-3", -3), ("+4", 4), ("2,400", 2400), ("17.5", 18), ("16.5", 16), ("7/2", 4), ("5/0", 5),
+    ("$10 and 3", 10), (".5", 0), ("no number", None), (None, None), ("1" * 400, None),
+])
+def test_leading_integer(text, value):
+    assert leading_integer(text) == value
 
 
 @pytest.mark.parametrize("text, value", [
@@ -32,11 +48,13 @@ def test_gsm8k_gold_and_correctness():
     assert gsm8k_gold_answer("x\n#### 2,400") == "2,400"
     with pytest.raises(ValueError, match="####"):
         gsm8k_gold_answer("no final answer")
-    assert gsm8k_is_correct("2400", "2,400")            # thousands separator
-    assert gsm8k_is_correct("$10 dollars.", "10")       # currency, units, trailing period
-    assert gsm8k_is_correct("18.0", "18")               # trailing .0
-    assert not gsm8k_is_correct("17", "18")
-    assert not gsm8k_is_correct(None, "18")             # no extracted answer is wrong, never a crash
+    for compare in ("integer", "number"):
+        assert gsm8k_is_correct("The answer is: 2400", "2,400", compare)        # thousands separator
+        assert gsm8k_is_correct("The answer is: $10 dollars.", "10", compare)   # currency, units, trailing period
+        assert gsm8k_is_correct("The answer is: 18.0", "18", compare)           # trailing .0
+        assert not gsm8k_is_correct("The answer is: 17", "18", compare)
+        assert not gsm8k_is_correct("18", "18", compare)                         # no marker: wrong
+        assert not gsm8k_is_correct(None, "18", compare)                         # never a crash
 
 
 def test_last_boxed_balanced_braces():
