@@ -201,6 +201,9 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
     from runner.record import build_record, history_from_log, write_json_atomic, write_record
     from runner.training import TaskTrainer, training_arguments
 
+    from runner import wandb_logging
+
+    wandb_logging.quiet_known_noise()
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
     args = training_arguments(cfg.trainer, output_dir, run_id, report_to)
     if cfg.trainer.get("num_threads") is not None:
@@ -231,7 +234,7 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
         callbacks += list(restart_callbacks)
     if report_to:
         params = {k: info[k] for k in ("trainable", "total", "lora_equivalent")}
-        callbacks.append(WandbConfigCallback(resolved, {"params": params}))
+        callbacks += [WandbConfigCallback(resolved, {"params": params}), wandb_logging.MoraWandbCallback(resolved)]
     callbacks += list(extra_callbacks)
 
     trainer = TaskTrainer(
@@ -246,6 +249,9 @@ def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
         train_seconds = time.perf_counter() - train_start - trainer.eval_seconds
         final = trainer.evaluate(output_dir=samples_dir if trainer.is_world_process_zero() else None)
         final = {k[len("eval_"):]: v for k, v in final.items()}
+        if report_to and trainer.is_world_process_zero():
+            wandb_logging.log_run_end(samples_dir, trainer.tokens_trained * trainer.args.world_size / train_seconds
+                                      if train_seconds > 0 else None)
     finally:
         if report_to:
             _finish_wandb()
