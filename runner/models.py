@@ -169,10 +169,10 @@ def _build_hub(cfg: dict, dtype: torch.dtype):
     if cfg.get("trust_remote_code", False) not in (False, True):
         raise ValueError(f"model.trust_remote_code must be true or false, got {cfg['trust_remote_code']!r}")
     local_path = cfg.get("local_path")
-    how = (f"download it with `huggingface-cli download {hub_name} --local-dir <dir>` and set model.local_path=<dir>"
-           f" (or into the Hugging Face cache with `huggingface-cli download {hub_name}`)")
+    how = (f"download it with `hf download {hub_name} --local-dir <dir>` and set model.local_path=<dir>"
+           f" (or into the Hugging Face cache with `hf download {hub_name}`)")
     if "meta-llama/" in hub_name:
-        how += "; it is gated: accept its licence on huggingface.co and run `huggingface-cli login` first"
+        how += "; it is gated: accept its licence on huggingface.co and run `hf auth login` first"
     if local_path:
         path = _resolve_path(local_path)
         if not (path / "config.json").is_file():
@@ -205,7 +205,7 @@ def _build_tokenizer(spec: Any, cfg: dict, model_path: str | None, max_length: i
     elif spec is None:  # the model's own tokenizer: the model was just found, so its files are local or reachable
         source, local_only = name, _hub_cached(name, cfg.get("revision")) or _is_offline()
     else:
-        how = (f"download it with `huggingface-cli download {name}`, set model.tokenizer=<folder>, "
+        how = (f"download it with `hf download {name}`, set model.tokenizer=<folder>, "
                f"or use model.tokenizer=byte (offline byte-level tokenizer)")
         source, local_only = name, _hub_cached(name, None) or _hub_unreachable(name, how, kind="tokenizer")
     try:

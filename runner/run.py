@@ -332,6 +332,9 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     from runner.preflight import check_adapter_fits
     from runner.training import TaskTrainer, training_arguments
 
+    from runner import wandb_logging
+
+    wandb_logging.quiet_known_noise()
     report_to = _setup_logger(cfg.logger, output_dir, run_id, None if cfg.get("sweep") is None else str(cfg.sweep))
     args = training_arguments(cfg.trainer, start_plan.train_dir, run_id, report_to)
     save_limit, args.save_total_limit = args.save_total_limit, None  # rotated after the marker (callbacks.py)
@@ -366,7 +369,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
         callbacks += list(restart_callbacks)
     if report_to:
         params = {k: info[k] for k in ("trainable", "total", "lora_equivalent")}
-        callbacks.append(WandbConfigCallback(resolved, {"params": params}))
+        callbacks += [WandbConfigCallback(resolved, {"params": params}), wandb_logging.MoraWandbCallback(resolved)]
     callbacks += list(extra_callbacks)
     callbacks.append(CheckpointMarkerCallback(chash, save_limit, progress.snapshot))  # last: after every writer
 
@@ -399,6 +402,9 @@ def fit(run: RunSetup) -> FitOutcome:
         totals = run.progress.snapshot()
         final = trainer.evaluate(output_dir=samples_dir if trainer.is_world_process_zero() else None)
         final = {k[len("eval_"):]: v for k, v in final.items()}
+        if report_to and trainer.is_world_process_zero():
+            wandb_logging.log_run_end(samples_dir, trainer.tokens_trained * trainer.args.world_size / train_seconds
+                                      if train_seconds > 0 else None)
     finally:
         run.stop.uninstall()
         if run.report_to:

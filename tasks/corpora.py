@@ -102,7 +102,7 @@ def hf_texts(name: str, config: str | None = None, split: str = "train", text_fi
     import datasets
 
     label = f"{name}" + (f" ({config})" if config else "") + f" split {split!r}"
-    how = (f"download it with `huggingface-cli download --repo-type dataset {name}` while online (--include to take a "
+    how = (f"download it with `hf download --repo-type dataset {name}` while online (--include to take a "
            f"subset; then set HF_DATASETS_OFFLINE=1), or give local text files instead (local_texts / the task's data_files)")
     is_local = Path(os.path.expanduser(name)).exists()
     if not is_local and not _hub_offline():

@@ -53,8 +53,8 @@ def how_to_get(hf_name: str, key: str | None, config: str | None = None, target:
     """The one-line instruction to get ``hf_name``: download + the config key to set (``key=None``: into the cache)."""
     cfg = f" (config {config})" if config else ""
     if key is None:
-        return f"download it into the Hugging Face cache with `huggingface-cli download --repo-type dataset {hf_name}`{cfg}"
-    return (f"download it with `huggingface-cli download --repo-type dataset {hf_name} --local-dir DIR`{cfg} "
+        return f"download it into the Hugging Face cache with `hf download --repo-type dataset {hf_name}`{cfg}"
+    return (f"download it with `hf download --repo-type dataset {hf_name} --local-dir DIR`{cfg} "
             f"and set {key}={target}")
 
 

@@ -6,7 +6,9 @@ the prompt), cut at ``max_length`` (512) tokens. Bad rows are skipped and counte
 ``n_skipped_missing_field`` (no query/response or not a string), ``n_skipped_empty`` (blank query/response), plus the
 over-length rules of ``tasks.supervised.build_examples`` (``overlong=truncate`` default, or ``skip``).
 
-Evaluation (``cfg.eval.suites``), each a metric of the result record:
+Evaluation (``cfg.eval.suites``), each a metric of the result record, with MetaMath's evaluation protocol (prompt +
+"Let's think step by step.", its stop strings and budgets, integer GSM8K answers; every setting a switch, see
+``tasks.evaluation.metamath_protocol``):
 - ``gsm8k``: the repository's lm-eval task ``mora_gsm8k`` (openai/gsm8k "main" test, or a local JSONL in that schema);
 - ``math``: ``mora_math`` over the seven EleutherAI/hendrycks_math subjects (or a local JSONL in that schema),
   micro-averaged over problems;

@@ -196,7 +196,9 @@ class PretrainTask(Task):
         """Mean next-token negative log-likelihood over ``chunks: (n, L)`` and the number of scored tokens."""
         device = next(model.parameters()).device
         total, count = 0.0, 0
-        for start in range(0, chunks.shape[0], self.eval_batch_size):
+        from tasks.evaluation.progress import progress
+
+        for start in progress(range(0, chunks.shape[0], self.eval_batch_size), f"perplexity L={chunks.shape[1]}"):
             ids = chunks[start:start + self.eval_batch_size].to(device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),

@@ -220,7 +220,9 @@ class UUIDTask(Task):
         device = next(model.parameters()).device
         pad_id = _pad_id(tokenizer)
         outputs: list[str] = []
-        for start in range(0, len(keys), self.eval_batch_size):
+        from tasks.evaluation.progress import progress
+
+        for start in progress(range(0, len(keys), self.eval_batch_size), "uuid greedy"):
             prompts = [self.prompt_ids(tokenizer, k) for k in keys[start : start + self.eval_batch_size]]
             length = max(len(p) for p in prompts)
             input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
@@ -248,7 +250,9 @@ class UUIDTask(Task):
         device = next(model.parameters()).device
         pad_id = _pad_id(tokenizer)
         scores: list[float] = []
-        for start in range(0, len(pairs), self.eval_batch_size):
+        from tasks.evaluation.progress import progress
+
+        for start in progress(range(0, len(pairs), self.eval_batch_size), "uuid teacher-forced"):
             chunk = pairs[start : start + self.eval_batch_size]
             prompts = [self.prompt_ids(tokenizer, k) for k, _ in chunk]
             values = [self.value_ids(tokenizer, v) for _, v in chunk]

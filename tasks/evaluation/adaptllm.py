@@ -13,7 +13,9 @@ Data schema (the hub datasets' test splits, one config per task):
   ``classification_metrics.parse_entities``).
 
 Scoring: multiple-choice = the option with the lowest length-normalised loss (``option_scoring``; ties → lowest
-index); generation = greedy decoding cut at the task's stop string. Metrics: accuracy (PubMedQA, MQP, USMLE),
+index), ``batch_size`` option sequences per forward pass; generation = greedy decoding cut at the task's stop string,
+one row at a time. Under a distributed run the rows are split across ranks and the records gathered
+(``tasks.evaluation.sharding``); a progress bar per task shows on rank 0. Metrics: accuracy (PubMedQA, MQP, USMLE),
 micro-F1 (ChemProt, RCT), weighted-F1 (FPB, FiQA-SA, Headline), entity F1 (NER), numeric match within 1e-2
 (ConvFinQA); ``<domain>_avg`` = the unweighted mean of the domain's task metrics (what the paper's table reports).
 
@@ -21,7 +23,7 @@ Malformed rows (missing/non-string ``input``, fewer than 2 options, ``gold_index
 skipped and counted: ``<domain>/<task>/n_skipped`` appears in the metrics when > 0; a task with no valid row is an
 error. Local copies: ``data_dir`` = a folder laid out like the hub repository (``<dir>/<folder>/test.json``; folder
 names accepted per task are listed in ``TASK_FOLDERS``), e.g. after
-``huggingface-cli download --repo-type dataset AdaptLLM/medicine-tasks --local-dir DIR``.
+``hf download --repo-type dataset AdaptLLM/medicine-tasks --local-dir DIR``.
 """
 from __future__ import annotations
 
@@ -29,10 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tqdm.auto import tqdm
+
 from tasks.base import TaskDataError
 from tasks.data_source import load_rows
 from tasks.evaluation import classification_metrics as cm
-from tasks.evaluation.option_scoring import choose_option, greedy_generate, option_losses
+from tasks.evaluation.option_scoring import choose_option, greedy_generate, option_losses_batch
+from tasks.evaluation.sharding import is_partitioned, rank_and_world, sharded_map
 
 
 @dataclass(frozen=True)
@@ -161,26 +166,43 @@ def headline_group(row: Mapping[str, Any]) -> Any:
     return questions[-1] if questions else "all"
 
 
-def score_task(model, tokenizer, task: AdaptLLMTask, rows: Sequence[Mapping], max_length: int,
-               max_new_tokens: int) -> tuple[float, list[dict]]:
-    """(metric value, per-sample records) of ``task`` on valid ``rows``."""
-    records = []
-    for row in rows:
-        if task.kind == "choice":
-            losses = option_losses(model, tokenizer, row["input"], row["options"], max_length=max_length)
+def score_rows(model, tokenizer, task: AdaptLLMTask, rows: Sequence[Mapping], max_length: int,
+               max_new_tokens: int, batch_size: int = 16, progress=None) -> list[dict]:
+    """The per-sample records of ``task`` on valid ``rows`` (in order); ``progress(n)`` after n more rows."""
+    if task.kind == "choice":
+        all_losses = option_losses_batch(model, tokenizer, [(row["input"], row["options"]) for row in rows],
+                                         max_length, batch_size, progress)
+        records = []
+        for row, losses in zip(rows, all_losses):
             pred = choose_option(losses)
             records.append({"id": row.get("id"), "prompt": row["input"], "options": row["options"], "losses": losses,
                             "predicted": row["options"][pred], "gold": row["options"][row["gold_index"]],
                             "correct": pred == row["gold_index"], "group": headline_group(row)
                             if task.metric == "headline_f1" else None})
-        else:
-            generation = greedy_generate(model, tokenizer, row["input"], max_new_tokens, task.stop, max_length)
-            gold = generation_gold(row)
-            correct = (cm.numeric_match(generation, gold) if task.metric == "numeric_match"
-                       else cm.parse_entities(generation) == cm.parse_entities(gold))
-            records.append({"id": row.get("id"), "prompt": row["input"], "generation": generation,
-                            "extracted": sorted(map(list, cm.parse_entities(generation))) if task.metric == "entity_f1"
-                            else cm.parse_number(generation), "gold": gold, "correct": bool(correct)})
+        return records
+    records = []
+    for row in rows:
+        generation = greedy_generate(model, tokenizer, row["input"], max_new_tokens, task.stop, max_length)
+        gold = generation_gold(row)
+        correct = (cm.numeric_match(generation, gold) if task.metric == "numeric_match"
+                   else cm.parse_entities(generation) == cm.parse_entities(gold))
+        records.append({"id": row.get("id"), "prompt": row["input"], "generation": generation,
+                        "extracted": sorted(map(list, cm.parse_entities(generation))) if task.metric == "entity_f1"
+                        else cm.parse_number(generation), "gold": gold, "correct": bool(correct)})
+        if progress is not None:
+            progress(1)
+    return records
+
+
+def score_task(model, tokenizer, task: AdaptLLMTask, rows: Sequence[Mapping], max_length: int,
+               max_new_tokens: int, batch_size: int = 16) -> tuple[float, list[dict]]:
+    """(metric value, per-sample records) of ``task`` on valid ``rows``."""
+    records = score_rows(model, tokenizer, task, rows, max_length, max_new_tokens, batch_size)
+    return task_metric(task, records), records
+
+
+def task_metric(task: AdaptLLMTask, records: Sequence[dict]) -> float:
+    """The metric of ``task`` over its per-sample records."""
     preds = [r.get("predicted", r.get("generation")) for r in records]
     golds = [r["gold"] for r in records]
     if task.metric == "accuracy":
@@ -197,7 +219,7 @@ def score_task(model, tokenizer, task: AdaptLLMTask, rows: Sequence[Mapping], ma
         value = sum(r["correct"] for r in records) / len(records)
     else:
         raise ValueError(f"unknown metric {task.metric!r}")
-    return float(value), records
+    return float(value)
 
 
 def evaluate_suite(model, tokenizer, domain: str, cfg: Mapping, output_dir: Path | None) -> dict[str, float]:
@@ -210,6 +232,7 @@ def evaluate_suite(model, tokenizer, domain: str, cfg: Mapping, output_dir: Path
     max_length = int(cfg.get("max_length") or getattr(getattr(model, "config", None), "max_position_embeddings", 0)
                      or 2048)
     max_new_tokens = int(cfg.get("max_new_tokens") or 64)
+    batch_size = int(cfg.get("batch_size") or 16)
     results: dict[str, float] = {}
     for task in tasks:
         rows = task_rows(hub, task, data_dir, key="task.eval.data_dir")
@@ -224,7 +247,12 @@ def evaluate_suite(model, tokenizer, domain: str, cfg: Mapping, output_dir: Path
         if not valid:
             raise TaskDataError(f"AdaptLLM {task.config}: none of the {len(rows)} rows is usable (schema: "
                                 f"{'input + label' if task.kind == 'generate' else 'input, options, gold_index'})")
-        value, records = score_task(model, tokenizer, task, valid, max_length, max_new_tokens)
+        rank, world = (0, 1) if is_partitioned(model) else rank_and_world()
+        with tqdm(total=len(range(rank, len(valid), world)), desc=f"{domain}/{task.key}", unit="row", disable=rank != 0,
+                  dynamic_ncols=True) as bar:
+            records = sharded_map(lambda shard: score_rows(model, tokenizer, task, shard, max_length, max_new_tokens,
+                                                           batch_size, bar.update), valid, rank, world)
+        value = task_metric(task, records)
         results[f"{domain}/{task.key}"] = value
         if skipped:
             results[f"{domain}/{task.key}/n_skipped"] = float(skipped)

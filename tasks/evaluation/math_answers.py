@@ -1,43 +1,84 @@
-"""Answer extraction and equivalence for GSM8K and MATH (MetaMath's zero-shot convention).
+"""Answer extraction and equivalence for GSM8K and MATH: MetaMath's evaluation rules (its eval_gsm8k.py and
+eval_math.py), so that accuracies compare with the published ones.
 
-The model is prompted with the Alpaca template and asked for free text ending in "The answer is: <answer>".
-Rules (documented; the tests pin every one of them):
+The model is prompted with the Alpaca template and writes free text ending in "The answer is: <answer>"
+(MetaMathQA's convention). Rules (the tests pin every one of them):
 
-- ``extract_marked_answer``: the text after the LAST occurrence of "The answer is" (an optional ":" after it),
-  up to the end of that line; no marker → ``None`` (scored as wrong; there is no fallback to "last number").
-- GSM8K: the gold answer is the text after "####" in the reference solution. Both sides go through
-  ``parse_number``: "$", "€", "£", "%", thousands separators ("1,234"), trailing units/words ("12 apples") and a
-  trailing period are dropped; the first number found is taken. Two numbers are equal when they differ by less
-  than 1e-6 (so "18.0" == "18", "1,000" == "1000").
-- MATH: the gold answer is the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of the reference solution.
-  Both sides go through ``normalize_latex`` (drops spaces, ``\\left``/``\\right``, ``\\!``, ``\\,``, ``$``, degrees,
-  ``\\text{units}``, a trailing period, an outer ``\\boxed{}``; ``\\dfrac``/``\\tfrac`` → ``\\frac``; ``\\frac12`` →
-  ``\\frac{1}{2}``; ``a/b`` of two integers → ``\\frac{a}{b}``; ``\\sqrt2`` → ``\\sqrt{2}``; a leading "x=" of a
-  short answer; "0.5" and ".5" alike). Two answers are equivalent when their normalized strings are identical or
-  both evaluate to plain numbers (integers, decimals, ``\\frac{a}{b}``, ``a/b``, optionally negative) that differ by
-  less than 1e-6.
+- ``answer_text``: the text after the LAST occurrence of ``ANSWER_MARKER`` = "The answer is: " (exactly: case, colon
+  and space); no marker → ``None``, scored as wrong (there is no fallback to "the last number").
+- GSM8K, ``gsm8k_compare="integer"`` (MetaMath's rule, the default): the first number of the answer text (an
+  optional sign, digits, at most one "." / "," / "/" inside) is read as a number ("," dropped, "a/b" divided, "a/0"
+  read as a) and rounded to the nearest integer (Python's ``round``: halves to even), then compared with the integer
+  after "####" in the reference solution. ``gsm8k_compare="number"``: the first line of the answer text and the
+  gold go through ``parse_number`` (currency, percent, every thousands separator dropped) and must agree within
+  1e-6 — stricter than MetaMath on non-integers, and it reads "1,234,567" whole where MetaMath's pattern stops at
+  "1,234".
+- MATH: the answer is the answer text up to the first ".\n", stripped, with one trailing "." removed; the gold is
+  the content of the last ``\\boxed{...}`` of the reference solution; equivalence is the reference rule, lm-eval's
+  Hendrycks ``is_equiv`` (string equality after its LaTeX clean-up; no numeric tolerance), see ``math_is_equiv``.
 """
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
-ANSWER_MARKER = "The answer is"
+ANSWER_MARKER = "The answer is: "
+GSM8K_COMPARISONS = ("integer", "number")
 
-_MARKER_RE = re.compile(r"The answer is\s*:?", re.IGNORECASE)
 
-
-def extract_marked_answer(generation: str) -> str | None:
-    """The answer the model states after the last "The answer is:" (to the end of that line), or None."""
-    matches = list(_MARKER_RE.finditer(generation or ""))
-    if not matches:
+def answer_text(generation: str | None) -> str | None:
+    """The text after the last ``ANSWER_MARKER`` (raw, to the end of the generation), or None without a marker."""
+    if not generation or ANSWER_MARKER not in generation:
         return None
-    rest = generation[matches[-1].end():].strip()
-    answer = rest.split("\n", 1)[0].strip()
-    return answer or None
+    return generation.rsplit(ANSWER_MARKER, 1)[1]
 
 
-# ---------------------------------------------------------------- GSM8K numbers
+def extract_math_answer(generation: str | None) -> str | None:
+    """MetaMath's MATH answer: the answer text up to the first ".\\n", stripped, one trailing "." dropped."""
+    text = answer_text(generation)
+    if text is None:
+        return None
+    answer = text.split(".\n", 1)[0].strip()
+    if answer.endswith("."):
+        answer = answer[:-1].strip()
+    return answer
+
+
+# ---------------------------------------------------------------- GSM8K
+_LEADING_NUMBER = re.compile(r"[-+]?\d*[.,/]?\d+")
+
+
+def leading_integer(text: str | None) -> int | None:
+    """The first number of ``text`` rounded to an integer, as MetaMath reads a GSM8K answer (see the module doc)."""
+    match = _LEADING_NUMBER.search(text or "")
+    if match is None:
+        return None
+    token = match.group(0)
+    if "/" in token:
+        numerator, denominator = token.split("/")
+        if not re.fullmatch(r"[-+]?\d+", numerator):
+            return None
+        if int(denominator) == 0:
+            return round(float(numerator))
+        return round(float(Fraction(int(numerator), int(denominator))))
+    value = float(token.replace(",", ""))
+    return None if math.isinf(value) else round(value)
+
+
+def gsm8k_prediction(generation: str | None, compare: str = "integer") -> int | float | None:
+    """The model's GSM8K answer under rule ``compare`` ("integer" or "number"), or None."""
+    text = answer_text(generation)
+    if text is None:
+        return None
+    if compare == "integer":
+        return leading_integer(text.strip())
+    if compare == "number":
+        return parse_number(text.strip().split("\n", 1)[0])
+    raise ValueError(f"task.eval.gsm8k.compare={compare!r}; expected one of {list(GSM8K_COMPARISONS)}")
+
+
+# ---------------------------------------------------------------- numbers in free text (also ConvFinQA)
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+")
 
 
@@ -70,13 +111,24 @@ def gsm8k_gold_answer(reference_solution: str) -> str:
     return reference_solution.rsplit("####", 1)[1].strip()
 
 
+def gsm8k_gold_value(gold: str, compare: str = "integer") -> int | float | None:
+    """The gold answer (text after "####") as the number rule ``compare`` compares with."""
+    if compare == "integer":
+        text = gold.replace(",", "").strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else leading_integer(text)
+    return parse_number(gold)
+
+
 def numbers_equal(a: float | None, b: float | None, tol: float = 1e-6) -> bool:
     return a is not None and b is not None and abs(a - b) < tol
 
 
-def gsm8k_is_correct(extracted: str | None, gold: str) -> bool:
-    """``extracted`` (the model's stated answer) equals ``gold`` (the text after ####) as numbers."""
-    return numbers_equal(parse_number(extracted), parse_number(gold))
+def gsm8k_is_correct(generation: str | None, gold: str, compare: str = "integer") -> bool:
+    """Whether ``generation`` states the gold answer (the text after "####") under rule ``compare``."""
+    predicted, expected = gsm8k_prediction(generation, compare), gsm8k_gold_value(gold, compare)
+    if compare == "integer":
+        return predicted is not None and predicted == expected
+    return numbers_equal(predicted, expected)
 
 
 # ---------------------------------------------------------------- MATH (LaTeX)
@@ -102,101 +154,16 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _fix_fracs(s: str) -> str:
-    """``\\frac12`` → ``\\frac{1}{2}``, ``\\frac1{b}`` → ``\\frac{1}{b}``."""
-    parts = s.split("\\frac")
-    out = parts[0]
-    for part in parts[1:]:
-        out += "\\frac"
-        if not part or part[0] == "{":
-            if part.startswith("{"):
-                # numerator braced; the denominator may be a bare character
-                depth, end = 0, None
-                for i, ch in enumerate(part):
-                    depth += ch == "{"
-                    depth -= ch == "}"
-                    if depth == 0:
-                        end = i
-                        break
-                if end is not None and end + 1 < len(part) and part[end + 1] != "{":
-                    part = part[: end + 1] + "{" + part[end + 1] + "}" + part[end + 2:]
-            out += part
-            continue
-        if len(part) < 2:
-            return s
-        a, b = part[0], part[1]
-        if b != "{":
-            out += "{" + a + "}{" + b + "}" + part[2:]
-        else:
-            out += "{" + a + "}" + part[1:]
-    return out
-
-
-def _fix_sqrt(s: str) -> str:
-    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
-
-
-def normalize_latex(answer: str | None) -> str | None:
-    """A canonical string for a MATH answer (see the module docstring for the rules)."""
-    if answer is None:
-        return None
-    s = answer.strip()
-    boxed = last_boxed(s) if ("\\boxed" in s or "\\fbox" in s) else None
-    if boxed is not None:
-        s = boxed
-    s = s.replace("\n", "").replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", "")
-    s = s.replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "")
-    s = s.replace("\\$", "").replace("$", "")
-    s = s.replace("\\%", "").replace("%", "")
-    # trailing "\text{ units}" (hendrycks-style unit removal) and \text{} wrappers
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}\s*$", "", s) if re.search(r"\d", s) else s
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
-    s = s.strip().rstrip(".").strip()
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if s.startswith("."):
-        s = "0" + s
-    # "x = 5" → "5" for short answers
-    if len(s.split("=")) == 2 and len(s.split("=")[0].strip()) <= 2:
-        s = s.split("=")[1]
-    s = _fix_sqrt(s)
-    s = s.replace(" ", "")
-    s = _fix_fracs(s)
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    m = re.fullmatch(r"(-?\d+)/(\d+)", s)
-    if m:
-        s = "\\frac{%s}{%s}" % (m.group(1), m.group(2))
-    return s
-
-
-_FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}")
-
-
-def latex_to_number(normalized: str | None) -> float | None:
-    """A plain number for normalized strings like "12", "-0.25", "\\frac{3}{4}", "-\\frac{3}{4}", else None."""
-    if normalized is None:
-        return None
-    s = normalized.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", normalized) else normalized
-    if re.fullmatch(r"-?\d+(\.\d+)?", s):
-        return float(s)
-    m = _FRAC_RE.fullmatch(s)
-    if m:
-        den = Fraction(m.group(3))
-        if den == 0:
-            return None
-        value = Fraction(m.group(2)) / den
-        return float(-value if m.group(1) else value)
-    return None
-
-
 def math_is_equiv(extracted: str | None, gold: str | None) -> bool:
-    """Whether two MATH answers are the same after LaTeX normalization (or numerically equal)."""
+    """Whether two MATH answers are equivalent under the reference rule: lm-eval's Hendrycks ``is_equiv``.
+
+    That rule (``lm_eval.tasks.hendrycks_math.utils.is_equiv``; MetaMath's ``eval_math.py`` uses the same function)
+    compares the two strings after a fixed LaTeX clean-up (``\\dfrac``/``\\tfrac`` → ``\\frac``, ``\\frac12`` →
+    ``\\frac{1}{2}``, ``a/b`` → ``\\frac{a}{b}``, ``\\left``/``\\right``, spaces, ``\\$``, ``\\%``, degrees,
+    units after ``\\text{ ``, a short leading ``x =``, ``0.5`` ↔ ``\\frac{1}{2}``); nothing is evaluated numerically,
+    so ``0.333333`` is not ``\\frac{1}{3}`` and ``2.0`` is not ``2``. A missing answer (None) is wrong."""
     if extracted is None or gold is None:
         return False
-    a, b = normalize_latex(extracted), normalize_latex(gold)
-    if a == b and a != "":
-        return True
-    return numbers_equal(latex_to_number(a), latex_to_number(b))
+    from lm_eval.tasks.hendrycks_math.utils import is_equiv   # lm-eval indexes its tasks on import: load when used
+
+    return bool(is_equiv(extracted, gold))

@@ -100,7 +100,7 @@ def test_llama2_7b_offline_fails_fast_with_how_to_get_it():
     assert time.time() - start < 5
     message = str(info.value)
     assert "\n" not in message
-    assert "meta-llama/Llama-2-7b-hf" in message and "huggingface-cli download" in message
+    assert "meta-llama/Llama-2-7b-hf" in message and "hf download" in message
     assert "model.local_path" in message
     assert isinstance(info.value, ValueError)
 

@@ -62,7 +62,7 @@ def test_hf_texts_offline_fails_fast_with_how_to_provide_the_data(monkeypatch):
     assert time.time() - start < 10
     message = str(info.value)
     assert "\n" not in message and "allenai/c4" in message
-    assert "huggingface-cli download" in message and "local" in message
+    assert "hf download" in message and "local" in message
 
 
 def test_hf_texts_reads_a_local_dataset_in_the_same_schema(tmp_path, monkeypatch):

@@ -140,7 +140,7 @@ def test_offline_without_local_copy_fails_fast_in_one_line(tok, task_cls, name, 
     message = str(info.value)
     assert time.time() - start < 10
     assert "\n" not in message
-    assert dataset in message and "task.data_path=" in message and "huggingface-cli download" in message
+    assert dataset in message and "task.data_path=" in message and "hf download" in message
 
 
 def test_missing_local_file_is_named(tmp_path):
@@ -169,7 +169,7 @@ def test_evaluation_data_offline_fails_fast_in_one_line():
                             (mmlu, "cais/mmlu", "task.eval.mmlu.test_path="),
                             (adapt, "AdaptLLM/finance-tasks", "task.eval.data_dir=DIR")]:
         message = str(info.value)
-        assert "\n" not in message and name in message and key in message and "huggingface-cli download" in message
+        assert "\n" not in message and name in message and key in message and "hf download" in message
 
 
 def test_local_eval_files_are_used_and_checked(tmp_path):
@@ -222,18 +222,20 @@ def test_continual_corpus_offline_names_the_config_key(tok):
 
 def test_training_target_scores_as_correct_under_the_evaluation_rules(tok):
     """The text a model is trained to produce after the prompt is exactly what the GSM8K/MATH scorers accept, and
-    the evaluation prompt is exactly the training prompt (no drift between training and evaluation formats)."""
+    the evaluation prompt is the training prompt followed by MetaMath's " Let's think step by step." (no other drift
+    between training and evaluation formats)."""
     from tasks.evaluation.lm_eval_tasks import mora_scorers
 
     rows = [json.loads(line) for line in METAMATH.read_text().splitlines()]
     for row in (rows[0], rows[2], rows[3]):
         segments = metamath_segments(row)
         doc = {"question": row["query"], "answer": "...\n#### " + row["response"].rsplit("The answer is: ", 1)[1]}
-        assert mora_scorers.gsm8k_prompt(doc) == segments[0][0]
+        assert mora_scorers.gsm8k_prompt(doc) == segments[0][0] + " Let's think step by step."
+        assert mora_scorers.gsm8k_prompt(doc, cot_trigger="") == segments[0][0]
         assert mora_scorers.process_gsm8k(doc, [segments[1][0]]) == {"acc": 1.0}
     fraction = rows[1]
     doc = {"problem": fraction["query"], "solution": "so $\\boxed{\\dfrac34}$", "level": "Level 1", "type": "Algebra"}
-    assert mora_scorers.math_prompt(doc) == metamath_segments(fraction)[0][0]
+    assert mora_scorers.math_prompt(doc, cot_trigger="") == metamath_segments(fraction)[0][0]
     assert mora_scorers.process_math(doc, [metamath_segments(fraction)[1][0]]) == {"acc": 1.0}
 
 

@@ -53,7 +53,7 @@ def test_math_train_merge_evaluate(math_run):
     gsm8k = read_samples(out / "samples" / "gsm8k.jsonl")
     assert len(gsm8k) == 3 and {"prompt", "generation", "extracted", "gold", "correct"} <= set(gsm8k[0])
     assert [s["gold"] for s in gsm8k] == ["72", "10", "2,400"]
-    assert gsm8k[0]["prompt"].endswith("### Response:")
+    assert gsm8k[0]["prompt"].endswith("### Response: Let's think step by step.")   # MetaMath's evaluation prompt
     assert sum(s["correct"] for s in gsm8k) / 3 == pytest.approx(record["final"]["gsm8k"])
     math_samples = read_samples(out / "samples" / "math.jsonl")
     assert [s["gold"] for s in math_samples] == ["\\frac{5}{6}", "3", "2\\sqrt{2}"]
