@@ -256,12 +256,14 @@ class Progress:
 
 @dataclass
 class FitOutcome:
-    """What ``fit`` measured: the final metrics (``train_loss`` included), the history and the progress totals."""
+    """What ``fit`` measured: the final metrics (``train_loss`` included), the history, the progress totals and the
+    ΔW analysis."""
 
     final: dict[str, float]
     history: list[dict[str, Any]]
     totals: dict[str, float]
     samples_dir: Path
+    analysis: dict[str, Any] | None = None  # ΔW singular values (pretraining), computed before W&B is finished
 
 
 def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
@@ -402,9 +404,16 @@ def fit(run: RunSetup) -> FitOutcome:
         totals = run.progress.snapshot()
         final = trainer.evaluate(output_dir=samples_dir if trainer.is_world_process_zero() else None)
         final = {k[len("eval_"):]: v for k, v in final.items()}
-        if report_to and trainer.is_world_process_zero():
-            wandb_logging.log_run_end(samples_dir, trainer.tokens_trained * trainer.args.world_size / train_seconds
-                                      if train_seconds > 0 else None)
+        analysis = None
+        if run.initial_state is not None and trainer.is_world_process_zero():
+            from moRA.analysis import analysis_for_record
+
+            analysis = analysis_for_record(trainer.model, run.initial_state, float(run.cfg.task.sv_threshold))
+        if run.report_to and trainer.is_world_process_zero():
+            from runner import wandb_logging
+
+            wandb_logging.log_run_end(samples_dir, totals["tokens"] / totals["train_seconds"]
+                                      if totals["train_seconds"] > 0 else None, analysis=analysis)
     finally:
         run.stop.uninstall()
         if run.report_to:
@@ -417,7 +426,7 @@ def fit(run: RunSetup) -> FitOutcome:
     final["train_loss"] = losses[-1] if losses else float(train_output.training_loss)
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"non-finite final metrics {final}; no record written")
-    return FitOutcome(final=final, history=history, totals=totals, samples_dir=samples_dir)
+    return FitOutcome(final=final, history=history, totals=totals, samples_dir=samples_dir, analysis=analysis)
 
 
 def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | None = None) -> RunSummary:
@@ -440,11 +449,6 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
             save_trained(trainer.model, run.tokenizer, train_dir, method, base_model=base_model_id(cfg.model),
                          run_id=run.run_id, metrics=outcome.final)
         make_readable(saved_dir)
-        analysis = None
-        if run.initial_state is not None:
-            from moRA.analysis import analysis_for_record
-
-            analysis = analysis_for_record(trainer.model, run.initial_state, float(cfg.task.sv_threshold))
         if run.start_plan.aside:
             swap_in_attempt(run.output_dir)
         totals = outcome.totals
@@ -457,7 +461,7 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
             wall_time_s=run.progress.wall_seconds + time.time() - run.progress.wall_start,  # every segment
             tokens_per_s=totals["tokens"] / totals["train_seconds"] if totals["train_seconds"] > 0 else 0.0,
             output_dir=str(run.output_dir), samples_dir=str(run.output_dir / outcome.samples_dir.name),
-            analysis=analysis,
+            analysis=outcome.analysis,
         )
         record_path = write_record(record, cfg.results_dir)
         write_json_atomic(record, run.output_dir / RECORD_COPY_NAME)
