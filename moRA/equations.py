@@ -131,7 +131,7 @@ def rotate_blocks(blocks: torch.Tensor, tables: torch.Tensor | None = None) -> t
     sin(bθ)`` (cos/sin duplicated over both halves). ``tables``: ``rope_tables`` for at least n blocks."""
     n, r = blocks.shape[-2:]
     if tables is None:
-        tables = rope_tables(n, r, blocks.device)
+        tables = rope_tables(n, r, blocks.device, blocks.dtype)
     cos, sin = (torch.cat([t[:n], t[:n]], dim=-1).to(blocks.dtype) for t in tables)
     return blocks * cos + rotate_half(blocks) * sin
 

@@ -50,6 +50,9 @@ class Segment(NamedTuple):
     hi: int
 
 
+# Row panels of the gathered M·C for contiguous columns, "a few MB so that the gathered panel stays in cache" (commit
+# 7c2d593, which replaced one gather of all of M·C; no panel-size sweep was recorded; the merge column of
+# bench_adapters measures the result).
 _MERGE_PANEL_BYTES = 4 << 20
 
 

@@ -5,8 +5,9 @@ copy of x and no tiled copy of the output is made: short sums as slice additions
 chunk of the wrap-around padding added from x's first features, decompression added straight into the base layer's
 output, and the backward pass as the hand-written adjoints (``fold_*``, ``expand_compressed``).
 
-Tuned thresholds below were set on a 2-core x86_64 CPU (torch 2.13, fp32) with ``scripts/bench_kernel_thresholds.py``,
-which times both sides of each one; on another machine re-run it.
+The thresholds below were tuned on the 2-core x86_64 CPU (torch 2.13, fp32, 1024 tokens, LLaMA-2-7B projection shapes)
+of the speed tables (``scripts/bench_adapters.py``, ``results/bench/bench_adapters.md``); each comment names what was
+measured. They are CPU choices: on other devices ``moRA.operators`` runs the equations instead.
 """
 from __future__ import annotations
 
@@ -41,9 +42,18 @@ def contiguous_sizes(total: int, r: int) -> tuple[int, int, int]:
     return q, m, m * (q + 1)
 
 
-_SHORT_SUM = 6  # chunk counts up to this are summed by slice additions
-_SHORT_GROUP = 16  # group sizes up to this are summed by a batched GEMM with ones
-_SLICED_GROUP = 3  # group sizes up to this are summed / spread one strided slice per position in the group
+# Chunk counts up to this are summed (and tiles added) by slice additions, above it by one reduction / broadcast.
+# Measured: slice additions 2–6× faster than ``sum(-2)`` at q = 2 (a reduction over a short middle dimension does not
+# vectorise; commit 91da167, which set 4); raised to 6 with the strided backward's rewrite (commit 050d96a), whose
+# message records no crossover table. The r = 256 rows of the tables have q = 2–5 (4096 → 1448 or 1966, 11008 → 1966).
+_SHORT_SUM = 6
+# Group sizes up to this are summed by a batched GEMM with a vector of ones, above it by ``sum(-1)``. Measured: the
+# GEMM 5× faster than the reduction at size 3 (commit 91da167); the bound 16 (the groups of the 4096 → 256 layers at
+# r = 8) was set in the same commit without a recorded crossover.
+_SHORT_GROUP = 16
+# Group sizes up to this are summed / spread as one strided slice per position in the group. Measured: ~2× faster than
+# the GEMM with ones / the broadcast at sizes ≤ 3 (commit 0dad797): the groups of the 4096 → 1448 contiguous rows.
+_SLICED_GROUP = 3
 
 
 def _sum_chunks(v: torch.Tensor) -> torch.Tensor:
