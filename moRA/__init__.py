@@ -8,14 +8,13 @@
     peft.PeftModel.from_pretrained(base2, "out")     # in a fresh process: import moRA first
     merged = model.merge_and_unload()
 """
-from .operators import (
+from .operators import delta_weight, mora_branch
+from .types import (
     AUTO_ROPE_BELOW_R,
     MORA_TYPES,
     OFFICIAL_TYPE_ALIASES,
     canonical_mora_type,
-    delta_weight,
     lora_param_count,
-    mora_branch,
     mora_param_count,
     mora_rank,
 )
