@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
-        from tasks.evaluation.saved_run import evaluate_saved_run
+        from runner.saved_run import evaluate_saved_run
 
         metrics = evaluate_saved_run(args["run"], args["tasks"], args["overrides"], args["results_dir"])
     except (ValueError, OSError) as exc:
