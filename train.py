@@ -64,7 +64,9 @@ def check_composes(argv: list[str]) -> None:
         text = str(e) + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
         lines = [l.strip() for l in text.splitlines()
                  if l.strip() and "HYDRA_FULL_ERROR" not in l and not l.strip().startswith(("full_key", "object_type"))]
-        fail("; ".join(lines) or type(e).__name__)
+        from runner.config import unknown_key_message
+
+        fail(unknown_key_message(text, overrides, str(CONFIG_DIR)) or "; ".join(lines) or type(e).__name__)
     from runner.run import precheck
 
     try:  # bad values (r, lr, resume without checkpoint) fail before Hydra creates or rewrites the run folder

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import runner.config  # noqa: F401  (registers the run_id resolver)
 from runner.checkpoints import RECORD_COPY_NAME, clear_stale, plan_start
 from runner.errors import ConfigError, NonFiniteLossError
-from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed
+from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed, check_trainer_settings
 
 
 @dataclass
@@ -47,6 +47,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         seed = check_seed(cfg.seed)
         r = None if method == "fft" else check_rank(cfg.r)
         lr = check_learning_rate(cfg.lr)
+        check_trainer_settings(cfg.trainer)
         if cfg.trainer.get("learning_rate") is not None:
             check_learning_rate(cfg.trainer.learning_rate, "trainer.learning_rate")
         threads = cfg.trainer.get("num_threads")
