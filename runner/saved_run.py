@@ -128,17 +128,56 @@ def select_suites(task_cfg: dict[str, Any], tasks: Sequence[str] | None) -> dict
     return cfg
 
 
-def apply_task_overrides(task_cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``task_cfg`` with ``task.<key>=<value>`` overrides (Hydra's override grammar) merged in."""
-    from omegaconf import OmegaConf
+def parse_overrides(overrides: Sequence[str]) -> list:
+    """Hydra ``Override`` objects of ``key=value`` / ``+key=value`` / ``~key`` strings (Hydra's override grammar);
+    ``SavedRunError`` (one line) for a string that is not one, or a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    if not overrides:
-        return task_cfg
-    bad = [o for o in overrides if not o.startswith("task.")]
-    if bad:
-        raise SavedRunError(f"only task.* overrides are accepted, got {bad}")
-    merged = OmegaConf.merge(OmegaConf.create({"task": task_cfg}), OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_container(merged, resolve=True)["task"]
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([str(text)])
+        except HydraException as exc:
+            raise SavedRunError(f"{text!r} is not a key=value override ({str(exc).splitlines()[0]})") from None
+        if override.is_sweep_override():
+            raise SavedRunError(f"{text!r}: a sweep; evaluate one setting at a time")
+        parsed.append(override)
+    return parsed
+
+
+def apply_task_overrides(task_cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``task_cfg`` with ``task.<key>=<value>`` (change an existing key), ``+task.<key>=<value>`` (add one) and
+    ``~task.<key>`` (delete) overrides applied, as Hydra applies them to train.py's config. Changing a key the recorded
+    task config lacks fails in one line naming the nearest existing key (a silently added key would be read by
+    nothing)."""
+    import difflib
+
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = OmegaConf.create({"task": task_cfg})
+    absent = object()
+    for override, text in zip(parse_overrides(overrides), overrides):
+        key = override.key_or_group
+        if not key.startswith("task."):
+            raise SavedRunError(f"{text!r}: only task.* overrides change the evaluation")
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        exists = OmegaConf.select(cfg, key, default=absent) is not absent
+        if override.is_delete():
+            if not exists:
+                raise SavedRunError(f"{text!r}: the run's task config has no {key}")
+            del node[leaf]
+        elif override.is_add() or exists:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
+        else:
+            keys = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
+            near = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+            hint = f"did you mean {parent}.{near[0]}?" if near else f"the keys of {parent}: {', '.join(keys) or 'none'}"
+            raise SavedRunError(f"{text!r}: the run's task config has no {key}; {hint}")
+    return OmegaConf.to_container(cfg, resolve=True)["task"]
 
 
 def _record_paths(run_dir: Path, record: dict[str, Any], results_dir: str | Path | None) -> list[Path]:
