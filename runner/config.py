@@ -1,4 +1,6 @@
-"""OmegaConf resolvers used by ``configs/config.yaml`` (registered on import of this module).
+"""How runs are named and composed: the OmegaConf resolvers of ``configs/config.yaml`` (registered on import of this
+module), the learning-rate spelling shared by run ids and tables (``format_lr``), and the one-line answer to an
+override of a key the config lacks (``unknown_key_message``).
 
 ``${run_id:task,model,adapter,r,mora_type,lr,seed}`` names a run from its choices, e.g.
 ``uuid-tiny-mora-r256-sharing-lr3e-3-s42``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42``).
@@ -11,16 +13,17 @@ import re
 
 from omegaconf import OmegaConf
 
-# MoRA's "auto" type: RoPE (type 6) below this rank, sharing (type 1) at and above it (paper: r = 8 → 6, r = 256 → 1).
-AUTO_ROPE_BELOW_RANK = 64
 _MORA_METHODS = ("mora", "remora")
 
 
 def resolve_auto_mora_type(mora_type, r):
-    """``"auto"`` → ``"rope"`` if ``r < 64`` else ``"sharing"``; any other value is returned unchanged."""
+    """``"auto"`` resolved by the library's rule (``moRA.canonical_mora_type``: rope below ``moRA.AUTO_ROPE_BELOW_R``,
+    else sharing); any other value is returned unchanged (run ids keep the type as it was given)."""
     if str(mora_type) != "auto":
         return mora_type
-    return "rope" if int(r) < AUTO_ROPE_BELOW_RANK else "sharing"
+    from moRA import canonical_mora_type  # the one home of type names, aliases and the auto threshold
+
+    return canonical_mora_type("auto", int(r))
 
 
 def format_lr(lr) -> str:
