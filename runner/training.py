@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 
 from runner.errors import ConfigError, NonFiniteLossError
 from runner.validation import USE_EPOCHS, check_learning_rate, check_trainer_settings
+from tasks.config_checks import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -52,12 +53,8 @@ def ensure_single_process_distributed_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def _positive_int(trainer_cfg: Mapping[str, Any], key: str, allow_zero: bool = False) -> int:
-    value = trainer_cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"trainer.{key} must be a {'non-negative' if allow_zero else 'positive'} integer, "
-                          f"got {value!r}")
-    return value
+def _positive_int(trainer_cfg: Mapping[str, Any], key: str) -> int:
+    return positive_int(trainer_cfg.get(key), f"trainer.{key}", error=ConfigError)
 
 
 def gradient_accumulation(batch_size: int, micro_batch_size: int, n_processes: int) -> int:
