@@ -116,7 +116,10 @@ def _hydra_error_line(error: BaseException) -> str:
     text = str(error) + (f"\n{error.__cause__}" if error.__cause__ is not None else "")
     lines = [l.strip() for l in text.splitlines()
              if l.strip() and "HYDRA_FULL_ERROR" not in l and not l.strip().startswith(("full_key", "object_type"))]
-    return "; ".join(lines) or type(error).__name__
+    from runner.config import unknown_key_message
+
+    overrides = [a for a in sys.argv[1:] if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    return unknown_key_message(text, overrides, str(CONFIG_DIR)) or "; ".join(lines) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from runner.config import format_lr  # noqa: F401  (one spelling of a learning rate: run ids and tables)
+
 ADAPTER_NAMES = {
     "fft": "FFT", "lora": "LoRA", "loraplus": "LoRA+", "asylora": "AsyLoRA", "dora": "DoRA", "hira": "HiRA",
     "miss": "MiSS", "relora": "ReLoRA", "mora": "MoRA", "remora": "ReMoRA",
@@ -67,8 +69,3 @@ def method_label(adapter: str, r: int | None, mora_type: str | None = None, show
     return label
 
 
-def format_lr(lr: float) -> str:
-    """Short, stable text for a learning rate: 0.0003 → "3e-4", 0.001 → "1e-3", 0.0025 → "2.5e-3"."""
-    mantissa, exponent = f"{lr:.6e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"

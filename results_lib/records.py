@@ -106,22 +106,19 @@ def _is_number(value: Any) -> bool:
 
 
 def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
-    """Resolve a record's ``mora_type`` (name, official integer or ``"auto"``) to the canonical name.
-
-    A local copy of the library's rule (``moRA.canonical_mora_type``) so that building tables does not import torch:
-    1 sharing, 2 contiguous, 3 contiguous_tile, 4 sharing_interleave, 6 rope; "auto" = rope if r < 64 else sharing.
-    """
+    """A record's ``mora_type`` (name, alias, official integer or ``"auto"``) as the canonical name, by the library's
+    rule (``moRA.canonical_mora_type``, the one home of type names and the auto threshold). ``None`` stays ``None``;
+    ``"auto"`` without a rank stays ``"auto"``; a name the library does not know raises ``RecordError``."""
     if mora_type is None:
         return None
-    aliases = {"1": "sharing", "2": "contiguous", "3": "contiguous_tile", "4": "sharing_interleave", "6": "rope",
-               "rotation": "rope"}
-    name = str(mora_type).strip().lower()
-    name = aliases.get(name, name)
-    if name == "auto":
-        if r is None:
-            return "auto"
-        return "rope" if r < 64 else "sharing"
-    return name
+    if str(mora_type).strip().lower() == "auto" and r is None:
+        return "auto"
+    from moRA import canonical_mora_type as library_rule
+
+    try:
+        return library_rule(mora_type, r)
+    except ValueError as error:
+        raise RecordError(" ".join(str(error).split())) from None
 
 
 def parse_record(data: Any, path: str) -> RunRecord:

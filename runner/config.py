@@ -1,4 +1,6 @@
-"""OmegaConf resolvers used by ``configs/config.yaml`` (registered on import of this module).
+"""How runs are named and composed: the OmegaConf resolvers of ``configs/config.yaml`` (registered on import of this
+module), the learning-rate spelling shared by run ids and tables (``format_lr``), and the one-line answer to an
+override of a key the config lacks (``unknown_key_message``).
 
 ``${run_id:task,model,adapter,r,mora_type,lr,seed}`` names a run from its choices, e.g.
 ``uuid-tiny-mora-r256-sharing-lr3e-3-s42-<hash>``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42-<hash>``).
@@ -13,16 +15,17 @@ import re
 
 from omegaconf import OmegaConf
 
-# MoRA's "auto" type: RoPE (type 6) below this rank, sharing (type 1) at and above it (paper: r = 8 → 6, r = 256 → 1).
-AUTO_ROPE_BELOW_RANK = 64
 _MORA_METHODS = ("mora", "remora")
 
 
 def resolve_auto_mora_type(mora_type, r):
-    """``"auto"`` → ``"rope"`` if ``r < 64`` else ``"sharing"``; any other value is returned unchanged."""
+    """``"auto"`` resolved by the library's rule (``moRA.canonical_mora_type``: rope below ``moRA.AUTO_ROPE_BELOW_R``,
+    else sharing); any other value is returned unchanged (run ids keep the type as it was given)."""
     if str(mora_type) != "auto":
         return mora_type
-    return "rope" if int(r) < AUTO_ROPE_BELOW_RANK else "sharing"
+    from moRA import canonical_mora_type  # the one home of type names, aliases and the auto threshold
+
+    return canonical_mora_type("auto", int(r))
 
 
 def format_lr(lr) -> str:
@@ -57,6 +60,45 @@ def _run_id_with_hash(task, model, adapter, r, mora_type, lr, seed, quantization
     from runner.identity import config_hash
 
     return f"{make_run_id(task, model, adapter, r, mora_type, lr, seed, quantization)}-{config_hash(_root_)}"
+
+
+def unknown_key_message(error: str, overrides: list[str], config_dir: str) -> str | None:
+    """One line for Hydra's "Could not override 'x.y'" (a key the composed config lacks): the nearest existing key
+    with the override's value (``lrr=1e-3`` → ``lr=1e-3``), not Hydra's ``+x.y=…``, which adds a key nothing reads
+    — except under ``trainer``, where a ``TrainingArguments`` field is added with ``+trainer.<field>=…``.
+    ``None`` when ``error`` is not about a missing key or the other overrides do not compose either."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+
+    found = re.search(r"Could not override '([^']+)'", error)
+    if not found:
+        return None
+    key = found.group(1)
+    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+    value = given[0].split("=", 1)[1] if given and "=" in given[0] else "…"
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[o for o in overrides if o not in given])
+    except Exception:  # noqa: BLE001 - another override is wrong too: Hydra's own message is shown
+        return None
+    parts = key.split(".")
+    node, depth = cfg, 0
+    while depth < len(parts) - 1 and OmegaConf.is_dict(node) and parts[depth] in node:
+        node, depth = node[parts[depth]], depth + 1
+    if not OmegaConf.is_dict(node):
+        return None
+    parent, missing, rest = ".".join(parts[:depth]), parts[depth], "".join(f".{p}" for p in parts[depth + 1:])
+    if parent == "trainer" and not rest:
+        from runner.validation import DERIVED_TRAINING_ARGUMENTS, training_argument_fields
+
+        if missing in training_argument_fields() and missing not in DERIVED_TRAINING_ARGUMENTS:
+            return f"'{key}' is not in the trainer file; add it with +{key}={value} (a TrainingArguments field)"
+    near = difflib.get_close_matches(missing, [str(k) for k in node.keys()], n=1, cutoff=0.5)
+    prefix = f"{parent}." if parent else ""
+    if near:
+        return f"unknown config key '{key}'; did you mean {prefix}{near[0]}{rest}={value}?"
+    return f"unknown config key '{key}'; the keys of {parent or 'the top level'}: {', '.join(map(str, node.keys()))}"
 
 
 def register_resolvers() -> None:

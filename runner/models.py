@@ -28,6 +28,7 @@ import torch
 
 from runner.quantization import check_quantization, prepare_quantized, quantization_kwargs
 from runner.tokenizer import byte_tokenizer
+from tasks.data_source import OFFLINE_VARIABLES, hub_offline  # the one offline rule (models, tokenizers, datasets)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "model"
@@ -203,7 +204,7 @@ def _build_tokenizer(spec: Any, cfg: dict, model_path: str | None, max_length: i
     if local.is_dir():
         source, local_only = str(local), True
     elif spec is None:  # the model's own tokenizer: the model was just found, so its files are local or reachable
-        source, local_only = name, _hub_cached(name, cfg.get("revision")) or _is_offline()
+        source, local_only = name, _hub_cached(name, cfg.get("revision")) or hub_offline()
     else:
         how = (f"download it with `hf download {name}`, set model.tokenizer=<folder>, "
                f"or use model.tokenizer=byte (offline byte-level tokenizer)")
@@ -246,11 +247,6 @@ def _resolve_path(value: str) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def _is_offline() -> bool:
-    truthy = {"1", "on", "yes", "true"}
-    return any(os.environ.get(k, "").strip().lower() in truthy for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _hub_cached(repo_id: str, revision: str | None) -> bool:
     """True when ``config.json`` (models) or ``tokenizer_config.json`` (tokenizers) of ``repo_id`` is in the cache."""
     from huggingface_hub import try_to_load_from_cache
@@ -267,10 +263,10 @@ def _hub_cached(repo_id: str, revision: str | None) -> bool:
 
 def _hub_unreachable(repo_id: str, how: str, kind: str = "model") -> bool:
     """Raise ``ModelNotAvailableError`` at once if the hub is switched off or unreachable; else return False."""
-    if _is_offline():
+    if hub_offline():
         raise ModelNotAvailableError(
             f"{kind} {repo_id!r} is not in the local Hugging Face cache and the hub is offline "
-            f"(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): {how}")
+            f"(one of {', '.join(OFFLINE_VARIABLES)} is set): {how}")
     from huggingface_hub import model_info
 
     try:

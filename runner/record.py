@@ -33,7 +33,8 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "packages": (dict,), "params": (dict,), "history": (list,), "final": (dict,), "wall_time_s": _NUMBER,
     "tokens_per_s": _NUMBER, "peak_memory_mb": _NUMBER, "output_dir": (str,), "created": (str,),
 }
-OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"analysis": (dict, type(None)), "samples_dir": (str, type(None))}
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"analysis": (dict, type(None)), "samples_dir": (str, type(None)),
+                                                 "evaluations": (list,)}  # re-evaluations (runner.saved_run)
 PARAM_FIELDS = {"trainable": (int,), "total": (int,), "lora_equivalent": (int, type(None))}
 
 # Trainer log keys -> record metric names (flat, no prefixes)

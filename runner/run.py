@@ -27,7 +27,7 @@ import runner.config  # noqa: F401  (registers the run_id resolver)
 from runner.checkpoints import (RECORD_COPY_NAME, StartPlan, clear_stale, make_readable, plan, plan_start,  # noqa: F401
                                 swap_in_attempt)
 from runner.errors import ConfigError, NonFiniteLossError
-from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed
+from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed, check_trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
         seed = check_seed(cfg.seed)
         r = None if method == "fft" else check_rank(cfg.r)
         lr = check_learning_rate(cfg.lr)
+        check_trainer_settings(cfg.trainer)
         if cfg.trainer.get("learning_rate") is not None:
             check_learning_rate(cfg.trainer.learning_rate, "trainer.learning_rate")
         threads = cfg.trainer.get("num_threads")

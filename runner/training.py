@@ -3,9 +3,11 @@ throughput counting, and an optional external LR schedule (ReMoRA/ReLoRA restart
 
 ``cfg.trainer`` keys (configs/trainer/*.yaml): precision (fp32|bf16|fp16), batch_size (sequences per optimizer step
 over all processes), micro_batch_size (per process and forward pass), optim, weight_decay, adam_beta1/2,
-max_grad_norm, learning_rate, lr_scheduler_type, warmup_steps, max_steps (> 0 wins) / epochs, eval_steps, save_steps,
-save_total_limit, logging_steps, seed, deepspeed (none|zero2|zero3|a JSON path), gradient_checkpointing,
-dataloader_num_workers.
+max_grad_norm, learning_rate, lr_scheduler_type, warmup_steps, max_steps (a step count, or -1: train for epochs),
+eval_steps, save_steps, save_total_limit, logging_steps, seed, deepspeed (none|zero2|zero3|a JSON path),
+gradient_checkpointing, dataloader_num_workers (``runner.validation.TRAINER_KEYS``). Any other key must be a
+``TrainingArguments`` field and is passed through (``+trainer.torch_compile=true``); the fields the runner derives
+(batch sizes, precision flags, epochs, output folder, reporting) are refused under their own name.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from transformers import Trainer, TrainingArguments
 
 from runner.distributed import batch_plan
 from runner.errors import ConfigError, NonFiniteLossError
-from runner.validation import check_learning_rate
+from runner.validation import USE_EPOCHS, check_learning_rate, check_trainer_settings
+from tasks.config_checks import positive_int
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -51,12 +54,8 @@ def ensure_single_process_distributed_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def _positive_int(trainer_cfg: Mapping[str, Any], key: str, allow_zero: bool = False) -> int:
-    value = trainer_cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"trainer.{key} must be a {'non-negative' if allow_zero else 'positive'} integer, "
-                          f"got {value!r}")
-    return value
+def _positive_int(trainer_cfg: Mapping[str, Any], key: str) -> int:
+    return positive_int(trainer_cfg.get(key), f"trainer.{key}", error=ConfigError)
 
 
 def gradient_accumulation(batch_size: int, micro_batch_size: int, n_processes: int) -> int:
@@ -74,12 +73,12 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
     micro = _positive_int(trainer_cfg, "micro_batch_size")
     plan = batch_plan(batch_size, micro, world_size())  # the forward batch and accumulation for this world size
     lr = check_learning_rate(trainer_cfg.get("learning_rate"), "lr")
-    max_steps = trainer_cfg.get("max_steps", -1)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
-        raise ConfigError(f"trainer.max_steps must be an integer, got {max_steps!r}")
+    passed_through = {k: _plain(trainer_cfg[k]) for k in check_trainer_settings(trainer_cfg)}
+    max_steps = trainer_cfg.get("max_steps", USE_EPOCHS)
     epochs = trainer_cfg.get("epochs", 1)
-    if max_steps <= 0 and (not isinstance(epochs, (int, float)) or epochs <= 0):
-        raise ConfigError(f"trainer.epochs must be positive when trainer.max_steps <= 0, got {epochs!r}")
+    by_epochs = max_steps == USE_EPOCHS
+    if by_epochs and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise ConfigError(f"trainer.epochs must be positive when trainer.max_steps=-1, got {epochs!r}")
     warmup = trainer_cfg.get("warmup_steps", 0)
     if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup < 0:
         raise ConfigError(f"trainer.warmup_steps must be >= 0, got {warmup!r}")
@@ -88,7 +87,7 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
     deepspeed = deepspeed_config_path(trainer_cfg.get("deepspeed"))
     if deepspeed is not None:
         ensure_single_process_distributed_env()
-    return TrainingArguments(
+    arguments = dict(
         output_dir=str(output_dir),
         run_name=run_name,
         report_to=report_to,
@@ -106,8 +105,8 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
         max_grad_norm=float(trainer_cfg.get("max_grad_norm", 1.0)),
         lr_scheduler_type=str(trainer_cfg.get("lr_scheduler_type", "linear")),
         warmup_steps=warmup,
-        max_steps=max_steps if max_steps > 0 else -1,
-        num_train_epochs=float(epochs) if max_steps <= 0 else 1.0,
+        max_steps=max_steps,
+        num_train_epochs=float(epochs) if by_epochs else 1.0,
         eval_strategy="no",
         save_strategy="steps",
         save_steps=_positive_int(trainer_cfg, "save_steps"),
@@ -126,6 +125,17 @@ def training_arguments(trainer_cfg: Mapping[str, Any], output_dir: str | Path, r
         deepspeed=deepspeed,
         **checkpointing,
     )
+    try:
+        return TrainingArguments(**{**arguments, **passed_through})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer settings rejected by TrainingArguments: {' '.join(str(e).split())}") from None
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf node as plain Python (``lr_scheduler_kwargs`` and other dict/list fields)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 # --------------------------------------------------------------------------------------------------------- trainer

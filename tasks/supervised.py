@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from tasks.base import TaskDataError
+
 IGNORE_INDEX = -100
 
 
@@ -182,7 +184,7 @@ def pad_token_id_of(tokenizer) -> int:
     """The tokenizer's pad id, else its EOS id (padding is masked out of attention and loss either way)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token")
+        raise TaskDataError("the tokenizer has neither a pad nor an eos token to pad batches with")
     return pad
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tasks.base import Task, TaskData, TaskDataError
+from tasks.supervised import PaddingCollator, pad_token_id_of
 
 # torch is imported inside the functions that need it: a bad task config fails before the slow import.
 
@@ -88,38 +89,6 @@ def read_pairs_jsonl(path: str | Path) -> list[tuple[str, str]]:
                     raise TaskDataError(f"uuid: {path}:{line_no} field {field!r} must be a non-empty string")
             pairs.append((row["key"], row["value"]))
     return pairs
-
-
-class UUIDCollator:
-    """Right-pads rows ``{"input_ids": [...], "labels": [...]}`` into a batch.
-
-    Returns ``input_ids: (B, T)`` (pad = ``pad_id``), ``attention_mask: (B, T)``, ``labels: (B, T)`` (pad = -100).
-    """
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        import torch
-
-        length = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
-            labels[i, :n] = torch.as_tensor(row["labels"])
-            attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def _pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is not None:
-        return tokenizer.eos_token_id
-    return 0
 
 
 class UUIDTask(Task):
@@ -198,6 +167,7 @@ class UUIDTask(Task):
     def prepare(self, tokenizer) -> TaskData:
         import datasets
 
+        collator = PaddingCollator(pad_token_id_of(tokenizer))   # no pad id: fails before the data is built
         pairs = self.pairs()
         rows = [self.encode(tokenizer, k, v) for k, v in pairs]
         train = datasets.Dataset.from_dict(
@@ -206,7 +176,7 @@ class UUIDTask(Task):
         n_tokens = sum(len(r["input_ids"]) for r in rows)
         return TaskData(
             train=train,
-            collator=UUIDCollator(_pad_id(tokenizer)),
+            collator=collator,
             eval=None,
             info={"n_train": len(rows), "n_eval": len(self.eval_pairs()), "train_tokens_per_epoch": n_tokens},
         )
@@ -218,7 +188,7 @@ class UUIDTask(Task):
         import torch
 
         device = next(model.parameters()).device
-        pad_id = _pad_id(tokenizer)
+        pad_id = pad_token_id_of(tokenizer)
         outputs: list[str] = []
         from tasks.evaluation.progress import progress
 
@@ -248,7 +218,7 @@ class UUIDTask(Task):
         import torch
 
         device = next(model.parameters()).device
-        pad_id = _pad_id(tokenizer)
+        pad_id = pad_token_id_of(tokenizer)
         scores: list[float] = []
         from tasks.evaluation.progress import progress
 

@@ -40,7 +40,7 @@ BAD_INPUTS = {
     "lr_negative": (["lr=-1e-3"], "lr must be a positive finite number, got lr=-0.001"),
     "unknown_adapter": (["adapter=prefix_tuning"],
                         "unknown adapter 'prefix_tuning'; valid adapter options: asylora, dora, fft, hira, lora, loraplus, miss, mora"),
-    "unknown_key": (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
+    "unknown_key": (["trainer.bogus=1"], "unknown config key 'trainer.bogus'"),
     "empty_dataset": (["task.n_pairs=0"], "empty dataset (task.n_pairs=0)"),
     "empty_file": ([f"task.data_path={FIXTURES / 'uuid_empty.jsonl'}", "task.n_pairs=null"], "empty dataset"),
     "missing_field": ([f"task.data_path={FIXTURES / 'uuid_missing_value.jsonl'}"],

@@ -133,8 +133,11 @@ def generation_of(sample: dict) -> str:
 
 
 def write_samples(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write ``records`` as JSONL at ``path`` atomically (runner.record.write_bytes_atomic)."""
-    from runner.record import write_bytes_atomic
-
-    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    """Write ``records`` as JSONL at ``path`` atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+    return path

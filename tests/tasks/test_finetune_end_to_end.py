@@ -75,10 +75,12 @@ def test_evaluate_script_appends_to_the_record(math_run, tmp_path, capsys):
     assert evaluate_script.main([f"run={run}", "tasks=[gsm8k]", "task.eval.max_gen_toks=4",
                                  f"results_dir={results}"]) == 0
     updated = json.loads((run / "record.json").read_text())
-    assert json.loads((results / f"{record['run_id']}.json").read_text())["final"] == updated["final"]
-    assert set(updated["final"]) >= {"gsm8k", "math", "train_loss"}
-    assert updated["final"]["math"] == record["final"]["math"]
-    assert (run / "samples" / "gsm8k.jsonl").is_file()
+    assert json.loads((results / f"{record['run_id']}.json").read_text())["evaluations"] == updated["evaluations"]
+    assert updated["final"] == record["final"]              # the training run's metrics stay
+    (entry,) = updated["evaluations"]
+    assert set(entry["metrics"]) == {"gsm8k"} and entry["tasks"] == ["gsm8k"]
+    assert entry["overrides"] == ["task.eval.max_gen_toks=4"]
+    assert (Path(entry["samples_dir"]) / "gsm8k.jsonl").is_file() and Path(entry["samples_dir"]).parent == run / "evaluations"
     assert evaluate_script.main([f"run={run}", "tasks=[bogus]"]) == 1
     assert evaluate_script.main([f"run={tmp_path / 'missing'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -163,18 +165,18 @@ def test_evaluate_saved_full_model_run(math_run, tmp_path):
     """A full-fine-tuning run folder (model/ instead of adapter/) is loaded with its saved tokenizer."""
     import shutil
 
-    from tasks.evaluation.saved_run import evaluate_saved_run, load_saved_run
+    from runner.saved_run import evaluate_saved_run, load_saved_run
 
     _, out = math_run
     run = tmp_path / "fft"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoint-*"))
-    merged, tokenizer = load_saved_run(run)               # adapter merged
+    merged, tokenizer = load_saved_run(run, merge=True)
     shutil.rmtree(run / "adapter")
     merged.save_pretrained(str(run / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(run / "model"))
     metrics = evaluate_saved_run(run, ["math"], ["task.eval.max_gen_toks=2"], results_dir=tmp_path / "none")
     assert set(metrics) == {"math"}
-    assert json.loads((run / "record.json").read_text())["final"]["math"] == metrics["math"]
+    assert json.loads((run / "record.json").read_text())["evaluations"][-1]["metrics"] == metrics
 
 
 def test_in_place_merge_restores_the_adapter():

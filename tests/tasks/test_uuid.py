@@ -12,7 +12,8 @@ from torch import nn
 from runner.tokenizer import byte_tokenizer
 from tasks import UnknownTaskError, build_task
 from tasks.base import TaskDataError
-from tasks.uuid import (UUIDCollator, UUIDTask, char_accuracy, exact_match, make_uuid_pairs, mean_char_accuracy,
+from tasks.supervised import PaddingCollator, pad_token_id_of
+from tasks.uuid import (UUIDTask, char_accuracy, exact_match, make_uuid_pairs, mean_char_accuracy,
                         read_pairs_jsonl)
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -66,7 +67,7 @@ def test_prepare_and_collate():
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, 75)
     assert batch["attention_mask"][1].tolist() == [1, 1] + [0] * 73
     assert batch["labels"][1, 2:].eq(-100).all() and batch["input_ids"][1, 2:].eq(tok.pad_token_id).all()
-    assert isinstance(data.collator, UUIDCollator)
+    assert isinstance(data.collator, PaddingCollator)   # the one collator of every task
 
 
 def test_eval_sample_is_fixed_and_a_subset():
@@ -178,3 +179,20 @@ def test_registry_builds_uuid_and_lists_valid_names():
     assert isinstance(build_task({"name": "uuid", "n_pairs": 2}), UUIDTask)
     with pytest.raises(UnknownTaskError, match="valid tasks: continual_pretrain, instruct, math, pretrain, uuid"):
         build_task({"name": "nope"})
+
+
+def test_one_pad_id_rule_for_every_task():
+    """pad id, else eos id, else a one-line TaskDataError (uuid used to pad with id 0, a real token)."""
+    import tasks.uuid
+    from tasks.base import TaskDataError
+
+    class Tok:
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+
+    assert pad_token_id_of(Tok(5, 7)) == 5 and pad_token_id_of(Tok(None, 7)) == 7
+    with pytest.raises(TaskDataError, match="neither a pad nor an eos token"):
+        pad_token_id_of(Tok(None, None))
+    assert not hasattr(tasks.uuid, "_pad_id") and not hasattr(tasks.uuid, "UUIDCollator")
+    with pytest.raises(TaskDataError, match="neither a pad nor an eos token"):
+        UUIDTask({"name": "uuid", "n_pairs": 2}).prepare(Tok(None, None))
