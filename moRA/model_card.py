@@ -64,7 +64,7 @@ def layer_table(model, adapter_name: str) -> list[dict[str, Any]]:
 
 
 def _type_label(mora_type: str) -> str:
-    from .operators import TYPE_TO_OFFICIAL
+    from .types import TYPE_TO_OFFICIAL
 
     official = TYPE_TO_OFFICIAL.get(mora_type)
     return f"`{mora_type}` (official type {official})" if official else f"`{mora_type}`"

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
 
     lines = [
         f"Adapter branch forward+backward, {args.tokens} tokens, {args.dtype}, {device_description(device)}, "
-        f"torch {torch.__version__}, peft {peft.__version__}, MORA_KERNELS={os.environ.get('MORA_KERNELS', 'unset')}; {repeats} "
+        f"torch {torch.__version__}, peft {peft.__version__}, MORA_BRANCH_IMPLEMENTATION={os.environ.get('MORA_BRANCH_IMPLEMENTATION', 'unset')}; {repeats} "
         f"interleaved rounds (every candidate of a shape and r once per round, rotating order). ms: best round. "
         f"Ratios (time / PEFT LoRA time at the same r; time / the type's compute floor): median over rounds of the "
         f"ratio within a round.",

@@ -223,7 +223,7 @@ def main(argv=None) -> None:
               f"Measured by `python scripts/bench_train.py {' '.join(sys.argv[1:])}`".rstrip() + f" on "
               f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()} "
               f"{os.cpu_count()} CPUs, device {device_name(args.device)}, {args.dtype}, torch {torch_version()}, "
-              f"MORA_KERNELS={os.environ.get('MORA_KERNELS', 'unset')}, {args.threads} torch thread(s) per measurement; "
+              f"MORA_BRANCH_IMPLEMENTATION={os.environ.get('MORA_BRANCH_IMPLEMENTATION', 'unset')}, {args.threads} torch thread(s) per measurement; "
               f"{settings}. AdamW on random byte sequences. tokens/s: the best step of each configuration, the three "
               f"configurations of a (model, r) timed step by step in interleaved rounds in one process; peak: the "
               f"peak resident memory (GPU: max allocated) of a process running that configuration alone; growth: "

@@ -10,7 +10,7 @@
 #   env       versions, GPU, the library importing                      → gpu_check.md (the summary, with each step)
 #   tests     MoRA tests on CUDA in fp32 and in bf16 (MORA_TEST_DEVICE=cuda, MORA_TEST_DTYPE, tests/gpu -m gpu)
 #   adapters  bench_adapters on CUDA, bf16, the LLaMA-2-7B shapes, r = 8 and 256, vs PEFT LoRA and the floor
-#             (once per MORA_KERNELS value in auto/fast/plain when the library reads MORA_KERNELS, else once)
+#             (once per MORA_BRANCH_IMPLEMENTATION value in auto/kernels/equations when the library reads MORA_BRANCH_IMPLEMENTATION, else once)
 #   train     bench_train on CUDA, bf16 autocast: llama_250m with LoRA and MoRA (sharing, rope), tokens/s, peak memory
 #   goals     the goals checked against the tables just written (scripts/gpu_goals.py)
 set -u -o pipefail
@@ -59,8 +59,8 @@ SUMMARY="$OUT_DIR/gpu_check.md"
 LOG="$OUT_DIR/gpu_check.log"
 FAILED=()
 LIMITS_TOTAL=0
-# The MORA_KERNELS forms to benchmark: all three when the library reads the switch, else the library's only one.
-if grep -rqs "MORA_KERNELS" moRA/; then KERNEL_FORMS=(auto fast plain); else KERNEL_FORMS=(unset); fi
+# The MORA_BRANCH_IMPLEMENTATION forms to benchmark: all three when the library reads the switch, else the library's only one.
+if grep -rqs "MORA_BRANCH_IMPLEMENTATION" moRA/; then KERNEL_FORMS=(auto kernels equations); else KERNEL_FORMS=(unset); fi
 
 step() {  # step NAME LIMIT_S COMMAND… : run COMMAND under a time limit, log it, record its status in the summary
     local name="$1" limit="$2"; shift 2
@@ -93,7 +93,7 @@ if [ "$DRY_RUN" = 1 ]; then
     else
         echo "[dry-run] no $WHEELS: would run without carried wheels (make them here: --fetch-wheels)"
     fi
-    echo "[dry-run] MORA_KERNELS forms to benchmark: ${KERNEL_FORMS[*]}"
+    echo "[dry-run] MORA_BRANCH_IMPLEMENTATION forms to benchmark: ${KERNEL_FORMS[*]}"
 else
     mkdir -p "$OUT_DIR"
     : > "$LOG"
@@ -140,9 +140,9 @@ step library "30" "${PYTEST[@]}" tests/moRA/test_operators.py
 
 for form in "${KERNEL_FORMS[@]}"; do
     case "$form" in
-        unset) kernels=(-u MORA_KERNELS); suffix=""; repeats=15; budget=60 ;;
-        auto) kernels=(MORA_KERNELS=auto); suffix=""; repeats=15; budget=60 ;;
-        *) kernels=("MORA_KERNELS=$form"); suffix="_$form"; repeats=7; budget=35 ;;
+        unset) kernels=(-u MORA_BRANCH_IMPLEMENTATION); suffix=""; repeats=15; budget=60 ;;
+        auto) kernels=(MORA_BRANCH_IMPLEMENTATION=auto); suffix=""; repeats=15; budget=60 ;;
+        *) kernels=("MORA_BRANCH_IMPLEMENTATION=$form"); suffix="_$form"; repeats=7; budget=35 ;;
     esac
     step "adapters$suffix" "$budget" env "${kernels[@]}" "$PYTHON" scripts/bench_adapters.py --device cuda \
         --dtype bf16 --ranks 8,256 --repeats "$repeats" --out "$OUT_DIR/gpu_adapters_bf16${suffix}.md"

@@ -167,17 +167,17 @@ def test_gpu_check_dry_run_prints_every_step_within_eight_minutes_and_writes_not
     assert not out.exists()  # a dry run writes nothing
 
 
-def test_gpu_check_benchmarks_each_kernel_form_when_the_library_reads_MORA_KERNELS(tmp_path):
+def test_gpu_check_benchmarks_each_kernel_form_when_the_library_reads_MORA_BRANCH_IMPLEMENTATION(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(GPU_CHECK, tmp_path / "scripts" / "gpu_check.sh")
     (tmp_path / "moRA").mkdir()
-    (tmp_path / "moRA" / "kernels.py").write_text('CHOICE = os.environ.get("MORA_KERNELS", "auto")\n')
+    (tmp_path / "moRA" / "kernels.py").write_text('CHOICE = os.environ.get("MORA_BRANCH_IMPLEMENTATION", "auto")\n')
     proc = dry_run(tmp_path / "scripts" / "gpu_check.sh")
     assert proc.returncode == 0, proc.stderr
     adapters = [line for line in proc.stdout.splitlines() if "bench_adapters.py" in line]
-    assert [line.split("MORA_KERNELS=")[1].split()[0] for line in adapters] == ["auto", "fast", "plain"]
+    assert [line.split("MORA_BRANCH_IMPLEMENTATION=")[1].split()[0] for line in adapters] == ["auto", "kernels", "equations"]
     assert [line.split("--out ")[1] for line in adapters] == [
-        f"{tmp_path}/results/bench/gpu_adapters_bf16{suffix}.md" for suffix in ("", "_fast", "_plain")]
+        f"{tmp_path}/results/bench/gpu_adapters_bf16{suffix}.md" for suffix in ("", "_kernels", "_equations")]
     assert int(proc.stdout.split("add up to at most ")[1].split()[0]) <= 480
 
 

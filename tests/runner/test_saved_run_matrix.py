@@ -23,6 +23,8 @@ RESTART_AT_STEP_2 = ["trainer.max_steps=4", "adapter.restart.merge_every=2", "ad
 CASES: list[tuple[str, list[str]]] = [
     ("fft", ["adapter=fft"]),
     ("lora", ["adapter=lora", "r=4"]),
+    ("loraplus", ["adapter=loraplus", "r=4"]),
+    ("asylora", ["adapter=asylora", "r=4"]),
     ("dora", ["adapter=dora", "r=4"]),
     ("hira", ["adapter=hira", "r=4"]),
     ("miss", ["adapter=miss", "r=4"]),
