@@ -86,6 +86,8 @@ def _file_problem(path: Path) -> str | None:
                 if len(head) < 8:
                     return "no safetensors header"
                 json.loads(f.read(struct.unpack("<Q", head)[0]))
+        elif path.suffix == ".json":  # trainer_state.json, restart_state.json, …
+            json.loads(path.read_text(encoding="utf-8"))
         elif path.suffix in (".pt", ".pth", ".bin") and zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 archive.namelist()
@@ -233,7 +235,9 @@ def plan(output_dir: str | Path, resume: bool | str, overwrite: bool, config_has
             return StartPlan(output_dir, finished=True)
         if resume == "auto":
             return StartPlan(train_dir, None, all_checkpoints(train_dir))
-        raise ResumeError(f"resume=true but {output_dir} has no complete checkpoint to resume from "
+        newest = all_checkpoints(train_dir)
+        why = f"; the newest, {newest[-1].name}: {checkpoint_problem(newest[-1])}" if newest else ""
+        raise ResumeError(f"resume=true but {output_dir} has no complete checkpoint to resume from{why} "
                           f"(run the same command without resume=true first)")
     existing = all_checkpoints(train_dir)
     if existing and not overwrite:

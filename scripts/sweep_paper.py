@@ -189,8 +189,9 @@ def run_states(overrides: Sequence[str]) -> list[RunState]:
     from runner.preflight import output_dir_overridden
 
     sweep_folder = [o for o in overrides if o.startswith("hydra.sweep.")]
+    jobs = expand(overrides)  # composes each row's file (its own Hydra context): before the one below
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        for job in expand(overrides):
+        for job in jobs:
             cfg = compose(config_name="config", overrides=[*job, *sweep_folder], return_hydra_config=True)
             if not output_dir_overridden(job):  # a multirun job's folder: hydra.sweep.dir/hydra.sweep.subdir
                 cfg.output_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))

@@ -89,7 +89,8 @@ def _third_party_imports(paths) -> set[str]:
 
 def test_every_import_of_the_library_is_a_library_requirement():
     imported = {DISTRIBUTION_OF.get(n, n).lower().replace("_", "-") for n in _third_party_imports([ROOT / "moRA"])}
-    optional = {"deepspeed", "bitsandbytes"}   # imported lazily, only on the code paths that use them
+    # imported lazily, only on the code paths that use them (mora-lm-eval says in one line that it needs lm-eval)
+    optional = {"deepspeed", "bitsandbytes", "lm-eval"}
     assert imported - optional <= LIBRARY_REQUIREMENTS, imported - optional - LIBRARY_REQUIREMENTS
 
 

@@ -266,7 +266,10 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    bad, nan, good = (f"uuid-tiny-fft-lr{lr}-s42" for lr in ("-1e0", "1e30", "1e-3"))
+    from tests.conftest import compose
+
+    bad, nan, good = (str(compose(["adapter=fft", f"lr={lr}", *TINY_RUN_OVERRIDES, "trainer.max_steps=2"]).run_id)
+                      for lr in ("-1", "1e30", "1e-3"))
     lines = proc.stderr.splitlines()
     assert f"failed: {bad}: lr must be a positive finite number, got lr=-1" in lines
     assert any(l.startswith(f"failed: {nan}: training loss became nan at step 2") for l in lines), proc.stderr

@@ -72,16 +72,23 @@ def test_corrupt_model_safetensors_is_named(compose_run_config, tmp_path):
 
 
 def test_broken_trainer_state_of_the_checkpoint_to_resume_is_named(compose_run_config):
+    from runner.checkpoints import write_marker
+    from runner.identity import config_hash
+
     cfg = compose_run_config(*TINY_RUN_OVERRIDES, "resume=true")
     checkpoint = Path(str(cfg.output_dir)) / "checkpoint-2"
     state = checkpoint / "trainer_state.json"
     checkpoint.mkdir(parents=True)
+    state.write_text(json.dumps({"global_step": 2, "log_history": []}))
+    write_marker(checkpoint, config_hash(cfg))
+    check_run(cfg)  # a complete checkpoint of this config: resumable
     state.write_text('{"global_step": 2, "log_hist')  # cut mid-write
-    with pytest.raises(ResumeError, match=f"cannot resume from checkpoint-2: {state} is not valid JSON"):
+    with pytest.raises(ResumeError, match="checkpoint-2: trainer_state.json has .* bytes"):
         check_run(cfg)
-    state.write_text(json.dumps({"global_step": 2}))
-    assert trainer_state_problem(checkpoint) is None
-    check_run(cfg)
+    state.write_text('{"global_step": 2, "log_history": [}}')  # as long as when saved, still not JSON
+    with pytest.raises(ResumeError, match=r"checkpoint-2: trainer_state.json is unreadable \(JSONDecodeError\)"):
+        check_run(cfg)
+    assert "not valid JSON" in trainer_state_problem(checkpoint)
 
 
 def test_wandb_online_without_an_api_key_fails_before_training(compose_run_config, tmp_path, monkeypatch):
