@@ -1,4 +1,4 @@
-"""The learned update ΔW of every adapted layer and how many of its singular values exceed a threshold (MORA.md §4,
+"""The learned update ΔW of every adapted layer and how many of its singular values exceed a threshold (paper §5.3, Figure 5,
 "Analysis": the paper counts singular values > 0.1 per layer in 250M pretraining).
 
 ΔW per layer, in the base weight's layout ``(d, k)``:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU reproduction, part "compression/decompression ablation" (MORA.md §2, §4): MoRA of every type at r = 8 on UUID
+# CPU reproduction, part "compression/decompression ablation" (paper Table 4; docs/PAPER.md "Table 4"): MoRA of every type at r = 8 on UUID
 # memorization, model=tiny (configs/experiment/cpu/ablation_mora_types.yaml).
 #   Phase 1: lr sweep (3 values, seed 0) of the six non-RoPE types as one Hydra multirun. The RoPE row is MoRA r = 8
 #            of experiment=cpu/uuid_mora (mora_type auto = rope, the same setting); its r = 8 runs are made here only

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU reproduction, part "pretraining from scratch" (MORA.md §4) on model=tiny_scratch: LoRA, MoRA, ReLoRA, ReMoRA at
+# CPU reproduction, part "pretraining from scratch" (paper §5.3, Table 3) on model=tiny_scratch: LoRA, MoRA, ReLoRA, ReMoRA at
 # r = 16 (configs/experiment/cpu/pretrain.yaml).
 #   Phase 1: each method's lr sweep (1e-3, 3e-3, 1e-2; seed 42) as one Hydra multirun.
 #   Phase 2: each method at its best phase-1 lr (lowest final val ppl) with seeds 43, 44 (3 seeds in all).

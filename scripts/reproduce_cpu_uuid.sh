@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU reproduction, part "UUID memorization" (MORA.md §4) on model=tiny: FFT, LoRA and MoRA at r = 8 and 64, DoRA,
+# CPU reproduction, part "UUID memorization" (paper §3, Table 2) on model=tiny: FFT, LoRA and MoRA at r = 8 and 64, DoRA,
 # HiRA and MiSS at matched trainable parameters (configs/experiment/cpu/uuid_*.yaml).
 #   Phase 1: each method's lr sweep (3 values, seed 0) as one Hydra multirun per experiment file.
 #   Phase 2: each method at its best phase-1 lr (picked from the records by results_lib.cpu_sweeps) with seeds 1, 2,

