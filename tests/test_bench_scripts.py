@@ -144,7 +144,8 @@ def test_bench_train_interleaves_configurations_in_one_process():
 
 # ------------------------------------------------------------------------------------------- the prepared GPU check
 GPU_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
-GPU_STEPS = ["env", "tests_fp32", "tests_bf16", "fsdp", "library", "adapters", "train", "goals"]
+GPU_STEPS = ["env", "tests_fp32", "tests_bf16", "fsdp", "library", "adapters", "adapters_kernels", "adapters_equations",
+             "train", "goals"]  # the library reads MORA_BRANCH_IMPLEMENTATION: one adapter table per form
 
 
 def dry_run(script: Path, *args: str) -> subprocess.CompletedProcess:
