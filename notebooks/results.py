@@ -98,7 +98,7 @@ for key, by_lr in group_methods(records).items():
         continue
     spec = metric_spec(metric)
     choice = choose_lr(by_lr, final_metric(metric), spec.higher_is_better)
-    chosen = by_lr[choice.lr]
+    chosen = choice.reported(by_lr)  # the seeds that did not select the lr
     stat = aggregate(run.final.get(metric) for run in chosen)
     trainable = next((run.trainable_params for run in chosen if run.trainable_params), None)
     if stat is not None and trainable:

@@ -56,14 +56,28 @@ def load_sweep(experiment: str, experiment_dir: Path = EXPERIMENT_DIR) -> tuple[
     params = ((data.get("hydra") or {}).get("sweeper") or {}).get("params")
     if not isinstance(params, dict) or not params:
         raise SweepFileError(f"experiment {experiment!r} has no hydra.sweeper.params grid")
-    base: dict[str, Any] = {key: data[key] for key in ("seed", "r") if key in data}
+    base = _file_base(data, experiment_dir)
+    keys = list(params)
+    values = [[_scalar(v) for v in str(params[key]).split(",")] for key in keys]
+    return base, [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _file_base(data: dict, experiment_dir: Path) -> dict[str, Any]:
+    """The file's seed, r and group overrides, after those of the experiment files it includes first in its
+    defaults list (``- /experiment/cpu/pretrain_long``), as Hydra composes them."""
+    base: dict[str, Any] = {}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry.startswith("/experiment/"):
+            path = experiment_dir / f"{entry[len('/experiment/'):]}.yaml"
+            if not path.is_file():
+                raise SweepFileError(f"included experiment {entry!r} not found ({path})")
+            base.update(_file_base(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, experiment_dir))
     for entry in data.get("defaults") or []:
         for group in ("adapter", "model", "task"):
             if isinstance(entry, dict) and f"override /{group}" in entry:
                 base[group] = entry[f"override /{group}"]
-    keys = list(params)
-    values = [[_scalar(v) for v in str(params[key]).split(",")] for key in keys]
-    return base, [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    base.update({key: data[key] for key in ("seed", "r") if key in data})
+    return base
 
 
 def _point_matches(record: RunRecord, experiment: str, point: dict[str, Any], seed: int,

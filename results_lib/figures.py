@@ -46,9 +46,9 @@ def _best_runs(by_lr: dict[float, list[RunRecord]], task: str) -> tuple[float, l
     metric = PRIMARY_METRIC.get(task)
     if metric is None:
         lr = min(by_lr)
-    else:
-        lr = choose_lr(by_lr, final_metric(metric), metric_spec(metric).higher_is_better).lr
-    return lr, by_lr[lr]
+        return lr, by_lr[lr]
+    choice = choose_lr(by_lr, final_metric(metric), metric_spec(metric).higher_is_better)
+    return choice.lr, choice.reported(by_lr)
 
 
 def mean_curve(runs: Sequence[RunRecord], metric: str) -> tuple[list[int], list[float], list[float], int]:

@@ -105,15 +105,34 @@ def group_methods(records: Iterable[RunRecord]) -> dict[MethodKey, dict[GridPoin
 @dataclass(frozen=True)
 class LrChoice:
     """The chosen lr of one method and every candidate lr with the Stat it was ranked by (None when no run has the
-    metric); ``seeds`` = the seeds the ranking used (those every lr has), None when it used all runs."""
+    metric); ``seeds`` = the seeds the ranking used (those every lr has), None when it used all runs.
+
+    Selection and reporting use different seeds: when several lrs were compared, the seeds they all share are the
+    *selection* seeds, and the tables report the chosen lr over its other seeds (:meth:`reported`), so the seed that
+    picked the lr is not part of the reported mean."""
 
     lr: float
     candidates: tuple[tuple[float, Stat | None], ...]
     seeds: tuple[int, ...] | None = None
+    selection_seeds: tuple[int, ...] = ()
 
     @property
     def swept(self) -> bool:
         return len(self.candidates) > 1
+
+    def reported(self, runs_by_lr: dict) -> list[RunRecord]:
+        """The chosen lr's runs on the seeds that did not select it; all its runs when no lr was selected (one lr)
+        or when only the selection seeds have run (:meth:`reports_selection_seed` then says so)."""
+        runs = runs_by_lr[self.lr]
+        held_out = [run for run in runs if run.seed not in self.selection_seeds]
+        return held_out or list(runs)
+
+    def reports_selection_seed(self, runs_by_lr: dict) -> bool:
+        """True when the reported runs include a seed that selected the lr (no reporting seed has run yet)."""
+        return self.swept and any(run.seed in self.selection_seeds for run in self.reported(runs_by_lr))
+
+    def reporting_seeds(self, runs_by_lr: dict) -> tuple[int, ...]:
+        return tuple(sorted({run.seed for run in self.reported(runs_by_lr)}))
 
 
 def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunRecord], float | None],
@@ -129,10 +148,12 @@ def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunReco
         return stat.mean if stat is not None else float("inf")
 
     seeds: tuple[int, ...] | None = None
+    selection: tuple[int, ...] = ()
     if len(runs_by_lr) > 1:
         common = set.intersection(*({run.seed for run in runs} for runs in runs_by_lr.values()))
+        selection = tuple(sorted(common))
         if common and any({run.seed for run in runs} != common for runs in runs_by_lr.values()):
-            seeds = tuple(sorted(common))
+            seeds = selection
     candidates = []
     ranking = []
     for lr, all_runs in sorted(runs_by_lr.items()):
@@ -145,7 +166,7 @@ def choose_lr(runs_by_lr: dict[float, list[RunRecord]], value: Callable[[RunReco
             primary = -stat.mean if higher_is_better else stat.mean
         ranking.append(((stat is None, primary, loss_mean(runs), lr), lr))
     best = min(ranking)[1]
-    return LrChoice(best, tuple(candidates), seeds)
+    return LrChoice(best, tuple(candidates), seeds, selection)
 
 
 def final_metric(metric: str) -> Callable[[RunRecord], float | None]:

@@ -56,10 +56,10 @@ def build_gsm8k_ablation_table(records: Sequence[RunRecord]) -> Table:
             row = row_for(ident)
             if mora_type in groups:
                 choice = choose_lr(groups[mora_type], final_metric("gsm8k"), True)
-                chosen = groups[mora_type][choice.lr]
+                chosen = choice.reported(groups[mora_type])
                 row.cells.update(trainable=trainable_cell(chosen), lr=format_point(choice.lr),
                                  gsm8k=spec.format_stat(aggregate(run.final.get("gsm8k") for run in chosen)))
-                note = lr_note(label, choice, spec, spec.label)
+                note = lr_note(label, choice, spec, spec.label, groups[mora_type])
                 if note:
                     section.notes.append(note)
             section.rows.append(row)
@@ -89,7 +89,7 @@ def build_suite_table(records: Sequence[RunRecord], domain: str) -> Table:
     section = section_for()
     for key, by_point in group_methods(runs).items():
         choice = choose_lr(by_point, final_metric(average), True)
-        chosen = by_point[choice.lr]
+        chosen = choice.reported(by_point)
         cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_point(choice.lr)}
         for metric in metrics:
             cells[metric] = metric_spec(metric).format_stat(aggregate(run.final.get(metric) for run in chosen))
@@ -97,7 +97,7 @@ def build_suite_table(records: Sequence[RunRecord], domain: str) -> Table:
         ident.pop("task")  # biomed and finance rows are told apart by the table, not by the task name
         section.rows.append(Row(ident, cells))
         note = lr_note(f"{model_name(key.model)} {_method_label(MethodKey(*key))}", choice, metric_spec(average),
-                       metric_spec(average).label)
+                       metric_spec(average).label, by_point)
         if note:
             section.notes.append(note)
     table.sections.append(section)

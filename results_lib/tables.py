@@ -49,16 +49,25 @@ def trainable_cell(runs: Sequence[RunRecord]) -> str:
     return ", ".join(f"{count:,}" for count in counts) if counts else MISSING
 
 
-def lr_note(label: str, choice: LrChoice, spec: MetricSpec, what: str) -> str | None:
-    """The note that keeps an lr sweep visible: every candidate's mean and which lr the row shows."""
+def lr_note(label: str, choice: LrChoice, spec: MetricSpec, what: str, runs_by_lr: dict) -> str | None:
+    """The note that keeps an lr sweep visible: every candidate's mean on the selection seeds, which lr the row
+    shows, and the seeds the row reports (the others: grouping.LrChoice.reported)."""
     if not choice.swept:
         return None
     candidates = ", ".join(f"{format_point(lr)} → {spec.format_number(stat.mean) if stat else MISSING}"
                            for lr, stat in choice.candidates)
     seeds = ""
     if choice.seeds is not None:
-        seeds = f" on seed{'s' if len(choice.seeds) > 1 else ''} {', '.join(str(s) for s in choice.seeds)}"
-    return f"{label}: lr {format_point(choice.lr)} shown, best mean {what}{seeds} among lr {candidates}."
+        seeds = f" on seed{'s' if len(choice.seeds) > 1 else ''} {_seed_list(choice.seeds)}"
+    note = f"{label}: lr {format_point(choice.lr)} shown, best mean {what}{seeds} among lr {candidates}"
+    if choice.reports_selection_seed(runs_by_lr):
+        return note + "; only the selection seed has run at that lr, so the row is not a held-out result."
+    reported = choice.reporting_seeds(runs_by_lr)
+    return note + f"; reported on seed{'s' if len(reported) > 1 else ''} {_seed_list(reported)}."
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in seeds)
 
 
 def _method_label(key: MethodKey) -> str:
@@ -119,31 +128,31 @@ def build_uuid_table(records: Sequence[RunRecord], steps: Sequence[int] | None =
         section = uuid_section(model, shown_steps)
         for key, by_lr in group_methods(model_runs).items():
             choice = choose_lr(by_lr, final_metric("char_acc"), higher_is_better=True)
-            chosen = by_lr[choice.lr]
+            chosen = choice.reported(by_lr)
             cells = {"method": _method_label(key), "trainable": trainable_cell(chosen), "lr": format_point(choice.lr)}
             for s in shown_steps:
                 cells[f"char_acc@{s}"] = acc.format_stat(aggregate(metric_at_step("char_acc", s)(r) for r in chosen))
             for metric in ("char_acc", "exact_match"):
                 cells[metric] = metric_spec(metric).format_stat(aggregate(r.final.get(metric) for r in chosen))
             section.rows.append(Row(identity(key), cells))
-            note = lr_note(_method_label(key), choice, acc, "final char acc (%)")
+            note = lr_note(_method_label(key), choice, acc, "final char acc (%)", by_lr)
             if note:
                 section.notes.append(note)
         table.sections.append(section)
     return table
 
 
-def _cell_over_tasks(runs: Sequence[RunRecord], metric: str) -> tuple[str, LrChoice | None]:
-    """Stat text for ``metric`` over the runs that logged it, at the best lr; and that lr choice."""
+def _cell_over_tasks(runs: Sequence[RunRecord], metric: str) -> tuple[str, LrChoice | None, dict]:
+    """Stat text for ``metric`` over the runs that logged it, at the best lr; that lr choice and the runs by lr."""
     with_metric = [run for run in runs if metric in run.final]
     if not with_metric:
-        return MISSING, None
+        return MISSING, None, {}
     by_lr: dict = {}
     for run in with_metric:
         by_lr.setdefault(grid_point(run), []).append(run)
     spec = metric_spec(metric)
     choice = choose_lr(by_lr, final_metric(metric), spec.higher_is_better)
-    return spec.format_stat(aggregate(run.final[metric] for run in by_lr[choice.lr])), choice
+    return spec.format_stat(aggregate(run.final[metric] for run in choice.reported(by_lr))), choice, by_lr
 
 
 def build_finetune_table(records: Sequence[RunRecord]) -> Table:
@@ -176,10 +185,10 @@ def build_finetune_table(records: Sequence[RunRecord]) -> Table:
         # one run per (task, lr, seed), as elsewhere
         deduped = [run for by_lr in group_methods(rows[row_key]).values() for rs in by_lr.values() for run in rs]
         for metric in FINETUNE_METRICS:
-            cells[metric], choice = _cell_over_tasks(deduped, metric)
+            cells[metric], choice, by_lr = _cell_over_tasks(deduped, metric)
             if choice is not None:
                 note = lr_note(f"{model_name(model)} {_method_label(key)} {metric_spec(metric).label}", choice,
-                               metric_spec(metric), metric_spec(metric).label)
+                               metric_spec(metric), metric_spec(metric).label, by_lr)
                 if note:
                     section.notes.append(note)
         ident = {"model": model, "adapter": adapter, "r": r, "mora_type": mora_type}
@@ -188,40 +197,57 @@ def build_finetune_table(records: Sequence[RunRecord]) -> Table:
     return table
 
 
-def _pretrain_groups(records: Sequence[RunRecord]) -> dict[MethodKey, dict[float, list[RunRecord]]]:
-    return group_methods(rec for rec in records if rec.task == PRETRAIN_TASK)
+def _pretrain_settings(records: Sequence[RunRecord]) -> list[tuple[str | None, dict]]:
+    """The pretraining runs by experiment file (runs of different lengths or shapes are different settings, never
+    one row): ``[(experiment, {method: {grid point: runs}})]``, experiments in name order."""
+    runs = [rec for rec in records if rec.task == PRETRAIN_TASK]
+    experiments = sorted({rec.experiment for rec in runs}, key=lambda e: (e is None, e or ""))
+    return [(exp, group_methods(rec for rec in runs if rec.experiment == exp)) for exp in experiments]
+
+
+def _pretrain_title(experiment: str | None, groups: dict) -> str:
+    """``experiment cpu/pretrain_long: 2,000 steps × 2,048 tokens = 4.1M tokens, 6.5 per parameter``."""
+    run = next(run for by_lr in groups.values() for runs in by_lr.values() for run in runs)
+    title = f"experiment {experiment or '(none)'}"
+    steps, batch = run.config_value("trainer.max_steps"), run.config_value("trainer.batch_size")
+    seq_len, total = run.config_value("task.seq_len"), run.params.get("total")
+    if all(isinstance(v, int) and v > 0 for v in (steps, batch, seq_len)):
+        tokens = steps * batch * seq_len
+        title += f": {steps:,} steps × {batch * seq_len:,} tokens = {tokens / 1e6:.1f}M tokens"
+        if isinstance(total, int) and total > 0:
+            title += f", {tokens / total:.1f} per model parameter"
+    return title
 
 
 def build_pretrain_table(records: Sequence[RunRecord]) -> Table:
-    """Pretraining from scratch: final validation perplexity, rows model × method (LoRA, MoRA, ReLoRA, ReMoRA…)."""
+    """Pretraining from scratch: final validation perplexity, rows model × method (LoRA, MoRA, ReLoRA, ReMoRA…), one
+    section per experiment file (a training length and shape)."""
     table = Table("pretrain_ppl", "Pretraining perplexity (Table 3)",
                   "Validation perplexity at the end of pretraining from scratch (lower is better); "
-                  "mean ± std over seeds (n).")
-    groups = _pretrain_groups(records)
+                  "mean ± std over the reporting seeds (n), at the lr the selection seed chose.")
     ppl = metric_spec("val_ppl")
 
-    def pretrain_section(ident=None, references=()) -> Section:
+    def pretrain_section(ident=None, references=(), title=None) -> Section:
         columns = [Column("model", "Model", False), Column("method", "Method", False),
                    Column("trainable", "trainable params"), Column("lr", "lr"), Column("val_ppl", ppl.label),
                    Column("val_loss", metric_spec("val_loss").label)]
-        return Section(None, columns, [])
+        return Section(title, columns, [], identity={"model": ident["model"]} if ident and "model" in ident else {})
 
     table.new_section, table.new_row = pretrain_section, _label_row
-    if not groups:
-        return table
-    section = pretrain_section()
-    for key, by_lr in groups.items():
-        choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
-        chosen = by_lr[choice.lr]
-        cells = {"model": model_name(key.model), "method": _method_label(key), "trainable": trainable_cell(chosen),
-                 "lr": format_point(choice.lr)}
-        for metric in ("val_ppl", "val_loss"):
-            cells[metric] = metric_spec(metric).format_stat(aggregate(run.final.get(metric) for run in chosen))
-        section.rows.append(Row(identity(key), cells))
-        note = lr_note(f"{model_name(key.model)} {_method_label(key)}", choice, ppl, "val ppl")
-        if note:
-            section.notes.append(note)
-    table.sections.append(section)
+    for experiment, groups in _pretrain_settings(records):
+        section = pretrain_section({"model": next(iter(groups)).model}, title=_pretrain_title(experiment, groups))
+        for key, by_lr in groups.items():
+            choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
+            chosen = choice.reported(by_lr)
+            cells = {"model": model_name(key.model), "method": _method_label(key),
+                     "trainable": trainable_cell(chosen), "lr": format_point(choice.lr)}
+            for metric in ("val_ppl", "val_loss"):
+                cells[metric] = metric_spec(metric).format_stat(aggregate(run.final.get(metric) for run in chosen))
+            section.rows.append(Row(identity(key), cells))
+            note = lr_note(f"{model_name(key.model)} {_method_label(key)}", choice, ppl, "val ppl", by_lr)
+            if note:
+                section.notes.append(note)
+        table.sections.append(section)
     return table
 
 
@@ -229,25 +255,26 @@ def build_ppl_by_length_table(records: Sequence[RunRecord]) -> Table:
     """Perplexity at several evaluation sequence lengths (``ppl@<len>`` metrics), at the lr of the pretraining table."""
     table = Table("ppl_by_length", "Perplexity by evaluation length",
                   "Validation perplexity of the pretrained models evaluated at several sequence lengths (tokens); "
-                  "lr chosen by final val ppl as in the pretraining table; mean ± std over seeds (n).")
-    groups = _pretrain_groups(records)
-    lengths = sorted({ppl_length(m) for by_lr in groups.values() for runs in by_lr.values() for run in runs
-                      for m in run.final if ppl_length(m) is not None})
-    if not lengths:
-        return table
-    columns = [Column("model", "Model", False), Column("method", "Method", False), Column("lr", "lr")]
-    columns += [Column(f"ppl@{n}", f"ppl @ {n}") for n in lengths]
-    section = Section(None, columns, [])
-    for key, by_lr in groups.items():
-        choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
-        chosen = by_lr[choice.lr]
-        if not any(ppl_length(m) for run in chosen for m in run.final):
+                  "lr chosen by final val ppl as in the pretraining table; mean ± std over the reporting seeds (n).")
+    for experiment, groups in _pretrain_settings(records):
+        lengths = sorted({ppl_length(m) for by_lr in groups.values() for runs in by_lr.values() for run in runs
+                          for m in run.final if ppl_length(m) is not None})
+        if not lengths:
             continue
-        cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_point(choice.lr)}
-        for n in lengths:
-            cells[f"ppl@{n}"] = metric_spec(f"ppl@{n}").format_stat(aggregate(run.final.get(f"ppl@{n}") for run in chosen))
-        section.rows.append(Row(identity(key), cells))
-    table.sections.append(section)
+        columns = [Column("model", "Model", False), Column("method", "Method", False), Column("lr", "lr")]
+        columns += [Column(f"ppl@{n}", f"ppl @ {n}") for n in lengths]
+        section = Section(_pretrain_title(experiment, groups), columns, [])
+        for key, by_lr in groups.items():
+            choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
+            chosen = choice.reported(by_lr)
+            if not any(ppl_length(m) for run in chosen for m in run.final):
+                continue
+            cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_point(choice.lr)}
+            for n in lengths:
+                cells[f"ppl@{n}"] = metric_spec(f"ppl@{n}").format_stat(
+                    aggregate(run.final.get(f"ppl@{n}") for run in chosen))
+            section.rows.append(Row(identity(key), cells))
+        table.sections.append(section)
     return table
 
 
@@ -284,13 +311,13 @@ def build_ablation_table(records: Sequence[RunRecord]) -> Table:
                 continue
             key, by_lr = by_type[mora_type]
             choice = choose_lr(by_lr, final_metric(metrics[0]), lead.higher_is_better)
-            chosen = by_lr[choice.lr]
+            chosen = choice.reported(by_lr)
             cells = {"mora_type": mora_type_name(mora_type), "trainable": trainable_cell(chosen),
                      "lr": format_point(choice.lr)}
             for m in metrics:
                 cells[m] = metric_spec(m).format_stat(aggregate(run.final.get(m) for run in chosen))
             section.rows.append(Row(ident, cells))
-            note = lr_note(mora_type_name(mora_type), choice, lead, lead.label)
+            note = lr_note(mora_type_name(mora_type), choice, lead, lead.label, by_lr)
             if note:
                 section.notes.append(note)
         table.sections.append(section)

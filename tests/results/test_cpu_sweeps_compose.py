@@ -19,6 +19,8 @@ EXPECTED = {  # file -> (adapter, fixed r or None, sweeper grid)
     "uuid_dora": ("dora", 7, {"lr": "1e-3,3e-3,1e-2"}),
     "uuid_hira": ("hira", 8, {"lr": "1e-3,3e-3,1e-2"}),
     "uuid_miss": ("miss", 15, {"lr": "1e-3,3e-3,1e-2"}),
+    "uuid_loraplus": ("loraplus", None, {"r": "8,64", "lr": "1e-3,3e-3,1e-2"}),
+    "uuid_asylora": ("asylora", None, {"r": "8,64", "lr": "1e-3,3e-3,1e-2"}),
     "ablation_mora_types": ("mora", 8, {"adapter.mora_type": "sharing,contiguous,contiguous_tile,sharing_interleave,"
                                                               "truncation,decouple", "lr": "1e-3,3e-3,1e-2"}),
 }
@@ -126,3 +128,33 @@ def test_pretrain_sweep_grid_composes_for_every_adapter(composer):
             assert "sharing" not in resolved["run_id"]
         if point["adapter"] in ("relora", "remora"):
             assert adapter["restart"]["merge_every"] == 100
+
+
+@pytest.mark.parametrize("name, steps, merge_every, warmup", [("pretrain_long", 2000, 400, 200),
+                                                              ("pretrain_short", 500, 100, 50)])
+def test_pretrain_length_files_follow_the_paper_shape(composer, name, steps, merge_every, warmup):
+    """The two training lengths of the pretraining claim: r ≈ d / 6, sharing MoRA, ReMoRA's two kinds, merges at
+    1/5 of training (the paper's 2k of 10k), one shared lr grid reaching below the 300-step optimum."""
+    cfg = composer([f"experiment=cpu/{name}"])
+    assert dict(cfg.hydra.sweeper.params) == {"adapter": "lora,mora,relora,remora", "lr": "5e-4,1e-3,2e-3,4e-3"}
+    assert (cfg.seed, cfg.r, cfg.model.architecture.hidden_size, cfg.model.architecture.num_hidden_layers) == (42, 21, 128, 2)
+    assert (cfg.trainer.max_steps, cfg.trainer.warmup_steps) == (steps, warmup)
+    assert cfg.sweep == f"cpu_{name}"
+    for adapter in ("lora", "mora", "relora", "remora"):
+        resolved = OmegaConf.to_container(composer([f"experiment=cpu/{name}", f"adapter={adapter}"], hydra=False),
+                                          resolve=True)["adapter"]
+        if adapter in ("mora", "remora"):
+            assert resolved["mora_type"] == "sharing"
+        if adapter == "remora":
+            assert resolved["restart"]["type_cycle"] == ["sharing", "contiguous"]  # Appendix B's two kinds
+        if adapter == "relora":
+            assert resolved["restart"]["type_cycle"] is None
+        if adapter in ("relora", "remora"):
+            assert resolved["restart"]["merge_every"] == merge_every and steps % merge_every == 0
+
+
+def test_an_including_file_plans_with_the_included_seed_and_model():
+    """cpu/pretrain_short includes cpu/pretrain_long: its selection seed (42) and model come from there."""
+    base, grid = load_sweep("cpu/pretrain_short")
+    assert (base["seed"], base["r"], base["model"], base["task"]) == (42, 21, "tiny_scratch", "pretrain")
+    assert len(grid) == 16

@@ -11,12 +11,12 @@ def test_uuid_figures_one_curve_per_method_with_seed_counts(fixture_records):
     assert sorted(figures) == ["uuid_char_acc__tiny", "uuid_train_loss__tiny"]
     ax = figures["uuid_char_acc__tiny"].axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["FFT, lr 1e-3, n=3", "LoRA r=8, lr 3e-3, n=2", "DoRA r=8, lr 3e-3, n=1",
+    assert labels == ["FFT, lr 1e-3, n=2", "LoRA r=8, lr 3e-3, n=1", "DoRA r=8, lr 3e-3, n=1",
                       "MoRA r=8 (rope), lr 3e-3, n=3", "MoRA r=256 (sharing), lr 3e-3, n=1"]
     fft = ax.get_lines()[0]
     assert list(fft.get_xdata()) == [50, 100, 150, 200]
-    assert abs(fft.get_ydata()[-1] - 78.0) < 1e-9  # mean of 77, 78, 79 % in percent
-    assert len(ax.collections) == 3  # std bands only for methods with several seeds (FFT, LoRA, MoRA r=8)
+    assert abs(fft.get_ydata()[-1] - 78.5) < 1e-9  # mean of the reporting seeds 1, 2 (78, 79 %); seed 0 chose the lr
+    assert len(ax.collections) == 2  # std bands only for methods with several reporting seeds (FFT, MoRA r=8)
     assert ax.get_xlabel() == "optimizer step" and "(%)" in ax.get_ylabel()
 
 

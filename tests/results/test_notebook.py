@@ -21,7 +21,7 @@ def test_notebook_executes_on_fixture_records(fixture_results, monkeypatch):
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert "22 completed records" in text and "4 files skipped" in text
     markdown = "".join(out["data"].get("text/markdown", "") for out in outputs if out.output_type == "display_data")
-    assert "UUID memorization" in markdown and "78.0 ± 1.0 (n=3)" in markdown
+    assert "UUID memorization" in markdown and "78.5 ± 0.7 (n=2)" in markdown
     images = [out for out in outputs if out.output_type == "display_data" and "image/png" in out["data"]]
     assert len(images) == 9 + 2  # the nine figures (four of them the paper's) and one exploratory plot per (task, model)
 

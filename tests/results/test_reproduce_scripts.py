@@ -79,10 +79,10 @@ def test_uuid_script_sweeps_then_seeds_best_lr_and_resumes(tmp_path):
     calls = _run("reproduce_cpu_uuid.sh", ["lora"], tmp_path)
     runs = f"results_dir={results}/runs"
     assert calls == [f"-m experiment=cpu/uuid_lora resume=auto {runs}",
-                     f"-m experiment=cpu/uuid_lora r=8 lr=0.003 seed=1,2 resume=auto {runs}",
-                     f"-m experiment=cpu/uuid_lora r=64 lr=0.003 seed=1,2 resume=auto {runs}"]
+                     f"-m experiment=cpu/uuid_lora r=8 lr=0.003 seed=1,2,3 resume=auto {runs}",
+                     f"-m experiment=cpu/uuid_lora r=64 lr=0.003 seed=1,2,3 resume=auto {runs}"]
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
-    assert len(records) == 6 + 4
+    assert len(records) == 6 + 6
     table = (results / "tables" / "uuid_memorization.md").read_text()
     assert "| LoRA r=8 |" in table and "(n=3)" in table and "lr 3e-3 shown" in table
     assert sorted(p.name for p in (results / "figures").glob("*.png")) == ["uuid_char_acc__tiny.png"]
@@ -94,9 +94,9 @@ def test_ablation_script_adds_the_rope_row_only_when_missing(tmp_path):
     calls = _run("reproduce_cpu_ablation.sh", [], tmp_path, SKIP_BUILD="1")
     runs = f"results_dir={tmp_path / 'results'}/runs"
     assert calls[0] == f"-m experiment=cpu/ablation_mora_types resume=auto {runs}"
-    assert len([c for c in calls if "adapter.mora_type=" in c and "seed=1,2" in c]) == 6
+    assert len([c for c in calls if "adapter.mora_type=" in c and "seed=1,2,3" in c]) == 6
     assert f"-m experiment=cpu/uuid_mora r=8 resume=auto {runs}" in calls
-    assert calls[-1] == f"-m experiment=cpu/uuid_mora r=8 lr=0.003 seed=1,2 resume=auto {runs}"
+    assert calls[-1] == f"-m experiment=cpu/uuid_mora r=8 lr=0.003 seed=1,2,3 resume=auto {runs}"
     assert _run("reproduce_cpu_ablation.sh", [], tmp_path, SKIP_BUILD="1") == []
 
 
@@ -104,11 +104,15 @@ def test_pretrain_script_sweeps_every_adapter_then_seeds_each_at_its_best_lr(tmp
     results = tmp_path / "results"
     calls = _run("reproduce_cpu_pretrain.sh", [], tmp_path)
     runs = f"results_dir={results}/runs"
-    assert calls == [f"-m experiment=cpu/pretrain resume=auto {runs}"] + [
-        f"-m experiment=cpu/pretrain adapter={a} lr=0.003 seed=43,44 resume=auto {runs}"
-        for a in ("lora", "mora", "relora", "remora")]
+    expected = []
+    for length in ("short", "long"):
+        expected += [f"-m experiment=cpu/pretrain_{length} resume=auto {runs}"] + [
+            f"-m experiment=cpu/pretrain_{length} adapter={a} lr=0.004 seed=43,44,45 resume=auto {runs}"
+            for a in ("lora", "mora", "relora", "remora")]
+    assert calls == expected
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
-    assert len(records) == 12 + 8
+    assert len(records) == 2 * (16 + 12)
     table = (results / "tables" / "pretrain_ppl.md").read_text()
-    assert "ReMoRA" in table and "(n=3)" in table
+    assert "ReMoRA" in table and "(n=3)" in table and "reported on seeds 43, 44, 45" in table
+    assert "experiment cpu/pretrain_short" in table and "experiment cpu/pretrain_long" in table
     assert _run("reproduce_cpu_pretrain.sh", [], tmp_path, SKIP_BUILD="1") == []
