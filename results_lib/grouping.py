@@ -16,8 +16,10 @@ from .naming import adapter_sort_key, format_lr, model_sort_key, mora_type_sort_
 from .records import RunRecord
 
 # Config keys searched besides the lr, with their short label (docs/PAPER.md "## Table 5 — fine-tuning
-# hyper-parameters": LoRA+'s λ, ReLoRA's merge interval).
+# hyper-parameters": LoRA+'s λ, ReLoRA's merge interval), and the adapters that use them (an experiment file that
+# sets adapter.restart.* for its Re- variants leaves the key in the LoRA/MoRA runs' configs too, unused there).
 GRID_KEYS = {"adapter.loraplus_lr_ratio": "λ", "adapter.restart.merge_every": "every"}
+GRID_KEY_ADAPTERS = {"adapter.loraplus_lr_ratio": ("loraplus",), "adapter.restart.merge_every": ("relora", "remora")}
 
 
 class GridPoint(NamedTuple):
@@ -34,6 +36,8 @@ class GridPoint(NamedTuple):
 def grid_point(record: RunRecord) -> GridPoint:
     extras = []
     for key in GRID_KEYS:
+        if record.adapter not in GRID_KEY_ADAPTERS[key]:
+            continue
         value = record.config_value(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             extras.append((key, float(value)))

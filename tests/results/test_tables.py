@@ -94,7 +94,8 @@ def test_cli_writes_every_table_and_names_bad_records(fixture_results, tmp_path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{n}.{ext}" for n in ("uuid_memorization", "finetune", "biomed", "finance",
-                                                   "pretrain_ppl", "ppl_by_length", "ablation_gsm8k", "ablation") for ext in ("md", "tex")] + ["README.md"])
+                                                   "pretrain_ppl", "ppl_by_length", "ablation_gsm8k", "ablation", "claims")
+                                                   for ext in ("md", "tex")] + ["README.md"])
     assert "runs/broken-truncated.json" in result.stderr and "runs/partial-running.json" in result.stderr
 
 
@@ -135,3 +136,18 @@ def test_a_row_with_only_the_selection_seed_says_so():
     table = build_uuid_table([_uuid_record(1e-3, 0, 0.5), _uuid_record(3e-3, 0, 0.9)])
     assert _rows(table)["LoRA r=8"]["char_acc"] == "90.0 (n=1)"
     assert "only the selection seed has run at that lr, so the row is not a held-out result" in table.sections[0].notes[-1]
+
+
+def test_merge_interval_is_a_grid_value_of_the_restart_adapters_only():
+    """An experiment file that sets adapter.restart.* leaves it in LoRA's config too: it is no grid value there."""
+    from results_lib.grouping import grid_point
+    from results_lib.records import parse_record
+
+    def rec(adapter):
+        return parse_record({"schema": "mora-run/1", "run_id": adapter, "status": "completed", "task": "pretrain",
+                             "adapter": adapter, "r": 8, "mora_type": None, "model": "tiny", "seed": 0, "lr": 1e-3,
+                             "config": {"adapter": {"restart": {"merge_every": 400}}},
+                             "final": {"val_ppl": 5.0}}, adapter)
+
+    assert grid_point(rec("lora")).label() == "1e-3"
+    assert grid_point(rec("relora")).label() == "1e-3, every=400"
