@@ -43,7 +43,28 @@ def make_tables(results_dir: Path | str = "results", out_dir: Path | str | None 
     path = out_dir / "README.md"
     write_text_atomic(path, "\n".join(index).rstrip("\n") + "\n")
     paths.append(path)
+    if out_dir.resolve() == (results_dir / "tables").resolve():
+        readme = fill_generated_block(results_dir / "README.md", CLAIMS_BLOCK, render_markdown(tables["claims"]))
+        paths += [readme] if readme else []
     return paths
+
+
+CLAIMS_BLOCK = "claims"
+
+
+def fill_generated_block(path: Path, name: str, text: str) -> Path | None:
+    """Replace what lies between ``<!-- generated:<name> -->`` and ``<!-- end generated:<name> -->`` in ``path``
+    with ``text`` (results/README.md's claims table is the generated table, never typed). None when the file or
+    its markers are absent; the rest of the file is left as it is."""
+    begin, end = f"<!-- generated:{name} -->", f"<!-- end generated:{name} -->"
+    if not path.is_file():
+        return None
+    content = path.read_text(encoding="utf-8")
+    start, stop = content.find(begin), content.find(end)
+    if start < 0 or stop < start:
+        return None
+    write_text_atomic(path, content[:start + len(begin)] + "\n" + text.strip("\n") + "\n" + content[stop:])
+    return path
 
 
 def make_figures(results_dir: Path | str = "results", out_dir: Path | str | None = None,

@@ -54,3 +54,16 @@ def test_every_claim_finds_its_paper_numbers():
     table = build_claims_table([], references)
     assert len(table.sections[0].rows) == len(CLAIMS)
     assert all(row.cells["paper"] != "—" and row.cells["verdict"] == "not run" for row in table.sections[0].rows)
+
+
+def test_make_tables_fills_the_readme_block_and_leaves_the_rest(tmp_path):
+    from results_lib.build import make_tables
+
+    (tmp_path / "runs").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated:claims -->\nstale\n<!-- end generated:claims -->\noutro\n")
+    make_tables(tmp_path, reference=ROOT / "results" / "paper_reference.yaml", report=lambda message: None)
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- generated:claims -->\n## The paper's claims at CPU scale")
+    assert "stale" not in text and text.endswith("<!-- end generated:claims -->\noutro\n")
+    assert "| UUID: MoRA memorizes more than LoRA at a small rank |" in text
