@@ -63,11 +63,14 @@ def _one_job(cfg: DictConfig, multirun: bool) -> None:
     """Run the job Hydra composed; a multirun job is checked first (a single run was, before its folder existed)."""
     from runner.run import run_experiment
 
+    values = None
     if multirun:
         from runner.preflight import check_run
 
-        check_run(cfg)
-    summary = run_experiment(cfg, choices=dict(HydraConfig.get().runtime.choices))
+        values = check_run(cfg)
+    # A single run was checked by the Hydra callback on the composed config before its folder existed;
+    # run_experiment validates it (once) as any library caller's config.
+    summary = run_experiment(cfg, choices=dict(HydraConfig.get().runtime.choices), values=values)
     if summary.main_process:  # one summary line under torchrun, not one per process
         log.info(summary.one_line())
 

@@ -302,13 +302,15 @@ def skip_completed(cfg: DictConfig, start: float) -> RunSummary | None:
                       main_process=os.environ.get("RANK", "0") == "0")
 
 
-def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | None = None) -> RunSetup:
-    """Validate ``cfg``, decide where training starts, build the model, adapter, task data and the Trainer.
+def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | None = None,
+          values: Mapping[str, Any] | None = None) -> RunSetup:
+    """Decide where training starts, build the model, adapter, task data and the Trainer. ``values`` =
+    ``validate_config(cfg)`` when the caller has already validated ``cfg`` (validated here otherwise).
     Nothing on disk changes here (stale checkpoints are cleared by ``fit``)."""
     from runner.identity import config_hash
 
     start = time.time() if start is None else start
-    values = validate_config(cfg)
+    values = dict(values) if values is not None else validate_config(cfg)
     run_id, output_dir, chash = str(cfg.run_id), Path(str(cfg.output_dir)), config_hash(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
@@ -472,17 +474,18 @@ def finalize(run: RunSetup, outcome: FitOutcome, choices: Mapping[str, Any] | No
 
 
 def run_experiment(cfg: DictConfig, choices: Mapping[str, Any] | None = None,
-                   extra_callbacks: Sequence[Any] = ()) -> RunSummary:
+                   extra_callbacks: Sequence[Any] = (), values: Mapping[str, Any] | None = None) -> RunSummary:
     """Train and evaluate one run as ``cfg`` says; write its record. ``choices`` = Hydra's group choices (for the
-    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash).
-    Only one live process runs a given run folder (``runner.run_lock``)."""
+    record's ``experiment``); ``extra_callbacks`` are added to the Trainer (tests use them to simulate a crash);
+    ``values`` = ``validate_config(cfg)`` when the caller validated already (``runner.preflight.check_run`` returns
+    them), so the config is validated once. Only one live process runs a given run folder (``runner.run_lock``)."""
     from runner.run_lock import RunLock
 
     start = time.time()
-    validate_config(cfg)
+    values = dict(values) if values is not None else validate_config(cfg)
     skipped = skip_completed(cfg, start)
     if skipped is not None:
         return skipped
     with RunLock(Path(str(cfg.output_dir)), str(cfg.run_id)):
-        run = setup(cfg, extra_callbacks, start)
+        run = setup(cfg, extra_callbacks, start, values)
         return finalize(run, fit(run), choices)

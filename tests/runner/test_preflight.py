@@ -152,3 +152,26 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     assert user_error_message(torch_error, [out]).startswith(f"no space left on device writing into {out} "
                                                              f"(4096 bytes free")
     assert disk_full_message(ValueError("r must be positive"), [out]) is None
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_the_config_is_validated_once_per_run(compose_run_config, monkeypatch, given):
+    """run_experiment validates once and hands the values to setup; with check_run's values, not at all."""
+    import runner.run as run_module
+
+    calls, seen = [], []
+    real = run_module.validate_config
+    monkeypatch.setattr(run_module, "validate_config", lambda cfg: calls.append(1) or real(cfg))
+
+    def stop_in_setup(cfg, extra_callbacks=(), start=None, values=None):
+        seen.append(values)
+        raise RuntimeError("stop before building the model")
+
+    monkeypatch.setattr(run_module, "setup", stop_in_setup)
+    cfg = compose_run_config(*TINY_RUN_OVERRIDES)
+    values = check_run(cfg) if given else None
+    calls.clear()
+    with pytest.raises(RuntimeError, match="stop before building"):
+        run_module.run_experiment(cfg, values=values)
+    assert len(calls) == (0 if given else 1)
+    assert seen[0]["r"] == cfg.r
