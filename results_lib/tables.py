@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 from .grouping import LrChoice, MethodKey, aggregate, choose_lr, final_metric, format_point, grid_point, group_methods, \
     metric_at_step
-from .metrics import MetricSpec, metric_spec, ppl_length
+from .metrics import MetricSpec, metric_spec
 from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, method_label, model_name, model_sort_key, \
     mora_type_name, mora_type_sort_key
 from .records import RunRecord, canonical_mora_type
@@ -197,87 +197,6 @@ def build_finetune_table(records: Sequence[RunRecord]) -> Table:
     return table
 
 
-def _pretrain_settings(records: Sequence[RunRecord]) -> list[tuple[str | None, dict]]:
-    """The pretraining runs by experiment file (runs of different lengths or shapes are different settings, never
-    one row): ``[(experiment, {method: {grid point: runs}})]``, experiments in name order."""
-    runs = [rec for rec in records if rec.task == PRETRAIN_TASK]
-    experiments = sorted({rec.experiment for rec in runs}, key=lambda e: (e is None, e or ""))
-    return [(exp, group_methods(rec for rec in runs if rec.experiment == exp)) for exp in experiments]
-
-
-def _pretrain_title(experiment: str | None, groups: dict) -> str:
-    """``experiment cpu/pretrain_long: 2,000 steps × 2,048 tokens = 4.1M tokens, 6.5 per parameter``."""
-    run = next(run for by_lr in groups.values() for runs in by_lr.values() for run in runs)
-    title = f"experiment {experiment or '(none)'}"
-    steps, batch = run.config_value("trainer.max_steps"), run.config_value("trainer.batch_size")
-    seq_len, total = run.config_value("task.seq_len"), run.params.get("total")
-    if all(isinstance(v, int) and v > 0 for v in (steps, batch, seq_len)):
-        tokens = steps * batch * seq_len
-        title += f": {steps:,} steps × {batch * seq_len:,} tokens = {tokens / 1e6:.1f}M tokens"
-        if isinstance(total, int) and total > 0:
-            title += f", {tokens / total:.1f} per model parameter"
-    return title
-
-
-def build_pretrain_table(records: Sequence[RunRecord]) -> Table:
-    """Pretraining from scratch: final validation perplexity, rows model × method (LoRA, MoRA, ReLoRA, ReMoRA…), one
-    section per experiment file (a training length and shape)."""
-    table = Table("pretrain_ppl", "Pretraining perplexity (Table 3)",
-                  "Validation perplexity at the end of pretraining from scratch (lower is better); "
-                  "mean ± std over the reporting seeds (n), at the lr the selection seed chose.")
-    ppl = metric_spec("val_ppl")
-
-    def pretrain_section(ident=None, references=(), title=None) -> Section:
-        columns = [Column("model", "Model", False), Column("method", "Method", False),
-                   Column("trainable", "trainable params"), Column("lr", "lr"), Column("val_ppl", ppl.label),
-                   Column("val_loss", metric_spec("val_loss").label)]
-        return Section(title, columns, [], identity={"model": ident["model"]} if ident and "model" in ident else {})
-
-    table.new_section, table.new_row = pretrain_section, _label_row
-    for experiment, groups in _pretrain_settings(records):
-        section = pretrain_section({"model": next(iter(groups)).model}, title=_pretrain_title(experiment, groups))
-        for key, by_lr in groups.items():
-            choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
-            chosen = choice.reported(by_lr)
-            cells = {"model": model_name(key.model), "method": _method_label(key),
-                     "trainable": trainable_cell(chosen), "lr": format_point(choice.lr)}
-            for metric in ("val_ppl", "val_loss"):
-                cells[metric] = metric_spec(metric).format_stat(aggregate(run.final.get(metric) for run in chosen))
-            section.rows.append(Row(identity(key), cells))
-            note = lr_note(f"{model_name(key.model)} {_method_label(key)}", choice, ppl, "val ppl", by_lr)
-            if note:
-                section.notes.append(note)
-        table.sections.append(section)
-    return table
-
-
-def build_ppl_by_length_table(records: Sequence[RunRecord]) -> Table:
-    """Perplexity at several evaluation sequence lengths (``ppl@<len>`` metrics), at the lr of the pretraining table."""
-    table = Table("ppl_by_length", "Perplexity by evaluation length",
-                  "Validation perplexity of the pretrained models evaluated at several sequence lengths (tokens); "
-                  "lr chosen by final val ppl as in the pretraining table; mean ± std over the reporting seeds (n).")
-    for experiment, groups in _pretrain_settings(records):
-        lengths = sorted({ppl_length(m) for by_lr in groups.values() for runs in by_lr.values() for run in runs
-                          for m in run.final if ppl_length(m) is not None})
-        if not lengths:
-            continue
-        columns = [Column("model", "Model", False), Column("method", "Method", False), Column("lr", "lr")]
-        columns += [Column(f"ppl@{n}", f"ppl @ {n}") for n in lengths]
-        section = Section(_pretrain_title(experiment, groups), columns, [])
-        for key, by_lr in groups.items():
-            choice = choose_lr(by_lr, final_metric("val_ppl"), higher_is_better=False)
-            chosen = choice.reported(by_lr)
-            if not any(ppl_length(m) for run in chosen for m in run.final):
-                continue
-            cells = {"model": model_name(key.model), "method": _method_label(key), "lr": format_point(choice.lr)}
-            for n in lengths:
-                cells[f"ppl@{n}"] = metric_spec(f"ppl@{n}").format_stat(
-                    aggregate(run.final.get(f"ppl@{n}") for run in chosen))
-            section.rows.append(Row(identity(key), cells))
-        table.sections.append(section)
-    return table
-
-
 def _ablation_metrics(task: str, runs: Sequence[RunRecord]) -> tuple[str, ...]:
     if task in ABLATION_METRICS:
         return ABLATION_METRICS[task]
@@ -327,6 +246,7 @@ def build_ablation_table(records: Sequence[RunRecord]) -> Table:
 def table_builders() -> dict[str, Callable[[Sequence[RunRecord]], Table]]:
     """Every table in build order, keyed by its reference-file name."""
     from .paper_tables import build_gsm8k_ablation_table, build_suite_table
+    from .pretrain_tables import build_pretrain_by_step_table, build_ppl_by_length_table, build_pretrain_table
 
     return {
         "uuid": build_uuid_table,
@@ -335,6 +255,7 @@ def table_builders() -> dict[str, Callable[[Sequence[RunRecord]], Table]]:
         "finance": lambda records: build_suite_table(records, "finance"),
         "pretrain_ppl": build_pretrain_table,
         "ppl_by_length": build_ppl_by_length_table,
+        "pretrain_by_step": build_pretrain_by_step_table,
         "ablation_gsm8k": build_gsm8k_ablation_table,
         "ablation": build_ablation_table,
     }

@@ -67,3 +67,21 @@ def test_make_tables_fills_the_readme_block_and_leaves_the_rest(tmp_path):
     assert text.startswith("intro\n<!-- generated:claims -->\n## The paper's claims at CPU scale")
     assert "stale" not in text and text.endswith("<!-- end generated:claims -->\noutro\n")
     assert "| UUID: MoRA memorizes more than LoRA at a small rank |" in text
+
+
+def test_pretrain_by_step_table_reads_each_eval_over_the_reporting_seeds():
+    from results_lib.pretrain_tables import build_pretrain_by_step_table
+
+    def rec(lr, seed, ppls):
+        run_id = f"p-{lr:g}-{seed}"
+        history = [{"step": step, "val_ppl": ppl} for step, ppl in zip((250, 500), ppls)]
+        return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "pretrain",
+                             "adapter": "lora", "r": 21, "mora_type": None, "model": "tiny_scratch", "seed": seed,
+                             "lr": lr, "experiment": "cpu/pretrain_long", "history": history,
+                             "final": {"val_ppl": ppls[-1], "train_loss": 1.0}}, run_id)
+
+    records = [rec(1e-3, 42, (9.0, 1.0)), rec(2e-3, 42, (9.0, 2.0)), rec(1e-3, 43, (8.0, 6.0)), rec(1e-3, 44, (10.0, 8.0))]
+    section = build_pretrain_by_step_table(records).sections[0]
+    assert [c.id for c in section.columns][2:] == ["val_ppl@250", "val_ppl@500"]
+    assert section.rows[0].cells["val_ppl@250"] == "9.00 ± 1.41 (n=2)"  # seeds 43, 44; seed 42 chose the lr
+    assert section.rows[0].cells["val_ppl@500"] == "7.00 ± 1.41 (n=2)"

@@ -94,7 +94,8 @@ def test_cli_writes_every_table_and_names_bad_records(fixture_results, tmp_path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{n}.{ext}" for n in ("uuid_memorization", "finetune", "biomed", "finance",
-                                                   "pretrain_ppl", "ppl_by_length", "ablation_gsm8k", "ablation", "claims")
+                                                   "pretrain_ppl", "ppl_by_length", "pretrain_by_step", "ablation_gsm8k", "ablation",
+                                                   "claims")
                                                    for ext in ("md", "tex")] + ["README.md"])
     assert "runs/broken-truncated.json" in result.stderr and "runs/partial-running.json" in result.stderr
 
