@@ -1,9 +1,10 @@
 """Loading result records (schema ``mora-run/1``) written by ``runner/record.py``.
 
 A record is one JSON file per run under ``results/runs/`` (any depth). Tables, figures and the notebook read
-records only through :func:`load_records`, which never raises on a bad file: a file that is not valid JSON, is not a
-``mora-run/1`` record, lacks a required key, has a value of the wrong type, or did not complete is reported by name
-(one line on stderr, or to the ``report`` callable) and skipped.
+records only through :func:`load_records`, which never raises on a bad file: a file that is not valid JSON, breaks a
+rule of the schema (``runner.record_schema``, the same check the runner applies when it writes a record), did not
+complete, or names a MoRA type the library does not know is reported by name (one line on stderr, or to the
+``report`` callable) and skipped.
 """
 from __future__ import annotations
 
@@ -14,35 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-SCHEMA = "mora-run/1"
-
-# key -> accepted Python types (bool is excluded from numbers explicitly below)
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "schema": (str,),
-    "run_id": (str,),
-    "status": (str,),
-    "task": (str,),
-    "adapter": (str,),
-    "model": (str,),
-    "seed": (int,),
-    "lr": (int, float),
-    "final": (dict,),
-}
-_OPTIONAL: dict[str, tuple[type, ...]] = {
-    "r": (int, type(None)),
-    "mora_type": (str, int, type(None)),
-    "experiment": (str, type(None)),
-    "sweep": (str, type(None)),
-    "config": (dict, type(None)),
-    "params": (dict, type(None)),
-    "history": (list, type(None)),
-    "analysis": (dict, type(None)),
-    "created": (str, type(None)),
-}
-
-
-class RecordError(ValueError):
-    """A file that cannot be used as a completed ``mora-run/1`` record. Message: one line."""
+# The schema module is standard library only, so the table builders still import without torch (a test checks it).
+from runner.record_schema import SCHEMA, RecordError, check_record  # noqa: F401  (SCHEMA, RecordError: re-exported)
 
 
 @dataclass(frozen=True)
@@ -122,35 +96,19 @@ def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
 
 
 def parse_record(data: Any, path: str) -> RunRecord:
-    """Validate one parsed JSON document; raise :class:`RecordError` (one line) when it is not usable."""
-    if not isinstance(data, dict):
-        raise RecordError(f"top-level JSON value is a {type(data).__name__}, not an object")
-    if data.get("schema") != SCHEMA:
-        raise RecordError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-    missing = [key for key in _REQUIRED if key not in data]
-    if missing:
-        raise RecordError(f"missing key(s) {', '.join(missing)}")
-    if data["status"] != "completed":
-        raise RecordError(f"status is {data['status']!r}, not 'completed'")
-    for table in (_REQUIRED, _OPTIONAL):
-        for key, types in table.items():
-            if key in data and (not isinstance(data[key], types) or
-                                (isinstance(data[key], bool) and bool not in types)):
-                raise RecordError(f"key {key!r} has type {type(data[key]).__name__}")
-    final = {k: float(v) for k, v in data["final"].items() if _is_number(v)}
-    history = []
-    for i, entry in enumerate(data.get("history") or []):
-        if not isinstance(entry, dict) or not _is_number(entry.get("step")):
-            raise RecordError(f"history[{i}] has no numeric 'step'")
-        history.append(entry)
-    history.sort(key=lambda e: e["step"])
-    r = data.get("r")
+    """Check one parsed JSON document by the schema's rules and canonicalise its ``mora_type``; raise
+    :class:`RecordError` (one line starting with ``path``) when it is not usable."""
+    check_record(data, where=path)
+    try:
+        mora_type = canonical_mora_type(data["mora_type"], data["r"])
+    except RecordError as error:
+        raise RecordError(f"{path}: {error}") from None
     return RunRecord(
         path=path, run_id=data["run_id"], task=data["task"], adapter=data["adapter"].lower(), model=data["model"],
-        seed=int(data["seed"]), lr=float(data["lr"]), r=r, mora_type=canonical_mora_type(data.get("mora_type"), r),
-        experiment=data.get("experiment"), sweep=data.get("sweep"), final=final, history=tuple(history),
-        params=data.get("params") or {}, config=data.get("config") or {}, analysis=data.get("analysis"),
-        created=data.get("created") or "", raw=data,
+        seed=data["seed"], lr=float(data["lr"]), r=data["r"], mora_type=mora_type, experiment=data["experiment"],
+        sweep=data["sweep"], final={k: float(v) for k, v in data["final"].items()},
+        history=tuple(sorted(data["history"], key=lambda entry: entry["step"])), params=data["params"],
+        config=data["config"], analysis=data.get("analysis"), created=data["created"], raw=data,
     )
 
 
@@ -184,8 +142,8 @@ def load_records(results_dir: Path | str = "results", report: Callable[[str], No
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             report(f"skipped record {shown}: unreadable JSON ({str(error).splitlines()[0]})")
             continue
-        except RecordError as error:
-            report(f"skipped record {shown}: {error}")
+        except RecordError as error:  # its message starts with ``shown``
+            report(f"skipped record {error}")
             continue
         if record.run_id in seen:
             report(f"skipped record {shown}: duplicate run_id {record.run_id!r} (first in {seen[record.run_id]})")

@@ -1,15 +1,12 @@
 """The result record of one run (schema ``mora-run/1``): build it, write it atomically, load and validate it.
 
 One JSON file per run, ``<results_dir>/<run_id>.json``; the only thing tables, figures and the notebook read.
-Fields (see the common brief): schema, run_id, status, task, adapter, r, mora_type, model, seed, lr, experiment, sweep,
-config, git_commit, packages, params, history, final, analysis, samples_dir, wall_time_s, tokens_per_s,
-peak_memory_mb, output_dir, created.
+Its fields and their types are defined in ``runner.record_schema``, which this module and ``results_lib`` share.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import resource
 import subprocess
@@ -19,32 +16,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-SCHEMA = "mora-run/1"
+from runner.record_schema import SCHEMA, RecordError, check_record
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "hydra-core", "omegaconf", "wandb",
             "safetensors", "tokenizers", "deepspeed", "lm_eval", "mora-peft")
-
-_NUMBER = (int, float)
-# key -> accepted types (bool is rejected where a number is expected)
-REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
-    "schema": (str,), "run_id": (str,), "status": (str,), "task": (str,), "adapter": (str,),
-    "r": (int, type(None)), "mora_type": (str, type(None)), "model": (str,), "seed": (int,), "lr": _NUMBER,
-    "experiment": (str, type(None)), "sweep": (str, type(None)), "config": (dict,), "git_commit": (str,),
-    "packages": (dict,), "params": (dict,), "history": (list,), "final": (dict,), "wall_time_s": _NUMBER,
-    "tokens_per_s": _NUMBER, "peak_memory_mb": _NUMBER, "output_dir": (str,), "created": (str,),
-}
-OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"analysis": (dict, type(None)), "samples_dir": (str, type(None)),
-                                                 "evaluations": (list,)}  # re-evaluations (runner.saved_run)
-PARAM_FIELDS = {"trainable": (int,), "total": (int,), "lora_equivalent": (int, type(None))}
 
 # Trainer log keys -> record metric names (flat, no prefixes)
 _TRAIN_KEYS = {"loss": "train_loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
 _SKIP_KEYS = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
               "train_loss", "num_input_tokens_seen", "train_tokens_per_second"}
-
-
-class RecordError(ValueError):
-    """A file that is not a valid ``mora-run/1`` record. Message: one line naming the file and the problem."""
 
 
 # ------------------------------------------------------------------------------------------------------- provenance
@@ -187,44 +168,10 @@ def write_record(record: Mapping[str, Any], results_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- validation
-def _type_names(types: tuple[type, ...]) -> str:
-    return "|".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _check_type(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False
-    return isinstance(value, types)
-
-
 def validate_record(record: Any, where: str = "record") -> None:
-    """Raise ``RecordError`` (one line) unless ``record`` follows schema ``mora-run/1``."""
-    if not isinstance(record, dict):
-        raise RecordError(f"{where}: not a JSON object")
-    if record.get("schema") != SCHEMA:
-        raise RecordError(f"{where}: schema is {record.get('schema')!r}, expected {SCHEMA!r}")
-    for key, types in REQUIRED_FIELDS.items():
-        if key not in record:
-            raise RecordError(f"{where}: missing field {key!r}")
-        if not _check_type(record[key], types):
-            raise RecordError(f"{where}: field {key!r} is {type(record[key]).__name__}, expected {_type_names(types)}")
-    for key, types in OPTIONAL_FIELDS.items():
-        if key in record and not _check_type(record[key], types):
-            raise RecordError(f"{where}: field {key!r} is {type(record[key]).__name__}, expected {_type_names(types)}")
-    if record["status"] != "completed":
-        raise RecordError(f"{where}: status is {record['status']!r}, expected 'completed'")
-    for key, types in PARAM_FIELDS.items():
-        if key not in record["params"] or not _check_type(record["params"][key], types):
-            raise RecordError(f"{where}: params.{key} missing or not {_type_names(types)}")
-    for name, value in record["final"].items():
-        if not _check_type(value, _NUMBER) or not math.isfinite(value):
-            raise RecordError(f"{where}: final metric {name!r} = {value!r} is not a finite number")
-    for i, point in enumerate(record["history"]):
-        if not isinstance(point, dict) or not _check_type(point.get("step"), (int,)):
-            raise RecordError(f"{where}: history[{i}] has no integer 'step'")
-        for name, value in point.items():
-            if not _check_type(value, _NUMBER):
-                raise RecordError(f"{where}: history[{i}].{name} = {value!r} is not a number")
+    """Raise ``RecordError`` (one line naming ``where`` and the field) unless ``record`` follows schema
+    ``mora-run/1``; the rules are :func:`runner.record_schema.check_record`'s, shared with the table builders."""
+    check_record(record, where)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from results_lib.cpu_sweeps import best_settings, load_sweep, missing_points
 from results_lib.records import parse_record
+from tests.fixtures.records.make_fixture_records import minimal_record
 from tests.results._paths import ROOT
 
 CPU_DIR = ROOT / "configs" / "experiment" / "cpu"
@@ -86,9 +87,9 @@ def test_matched_trainable_parameters():
 
 
 def _rec(run_id, lr, seed, acc, r=8, mora_type=None, experiment="cpu/uuid_lora", adapter="lora", model="tiny"):
-    return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "uuid",
-                         "adapter": adapter, "r": r, "mora_type": mora_type, "model": model, "seed": seed, "lr": lr,
-                         "experiment": experiment, "final": {"char_acc": acc, "train_loss": 1.0}}, run_id)
+    return parse_record(minimal_record(run_id=run_id, adapter=adapter, r=r, mora_type=mora_type, model=model,
+                                       seed=seed, lr=lr, experiment=experiment,
+                                       final={"char_acc": acc, "train_loss": 1.0}), run_id)
 
 
 def test_missing_and_best_lr_planning():

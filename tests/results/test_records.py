@@ -6,6 +6,7 @@ import json
 from results_lib import RecordError, load_records, parse_record
 from results_lib.grouping import GridPoint, aggregate, choose_lr, final_metric, group_methods, latest_per_seed
 from results_lib.records import canonical_mora_type
+from tests.fixtures.records.make_fixture_records import minimal_record
 
 
 def test_fixture_records_load_and_bad_files_are_named(fixture_records):
@@ -15,7 +16,7 @@ def test_fixture_records_load_and_bad_files_are_named(fixture_records):
     joined = "\n".join(messages)
     assert "runs/broken-truncated.json: unreadable JSON" in joined
     assert "runs/partial-running.json: status is 'running'" in joined
-    assert "runs/nested/missing-final.json: missing key(s) final" in joined
+    assert "runs/nested/missing-final.json: missing field 'final'" in joined
     assert "runs/not-a-record.json" in joined
     assert all(message.count("\n") == 0 for message in messages)
 
@@ -29,19 +30,15 @@ def test_official_integer_type_is_canonicalised(fixture_records):
 
 
 def _valid(**changes):
-    data = {"schema": "mora-run/1", "run_id": "x", "status": "completed", "task": "uuid", "adapter": "lora", "r": 8,
-            "model": "tiny", "seed": 0, "lr": 1e-3, "final": {"char_acc": 0.5},
-            "history": [{"step": 20, "char_acc": 0.4}, {"step": 10, "char_acc": 0.2}]}
-    data.update(changes)
-    return data
+    return minimal_record(**{"history": [{"step": 20, "char_acc": 0.4}, {"step": 10, "char_acc": 0.2}], **changes})
 
 
 def test_parse_record_rejects_bad_types_with_one_line():
     record = parse_record(_valid(), "x.json")
     assert record.curve("char_acc") == [(10, 0.2), (20, 0.4)]  # history sorted by step
-    for bad, words in [(_valid(seed="0"), "'seed' has type str"), (_valid(lr=True), "'lr' has type bool"),
+    for bad, words in [(_valid(seed="0"), "x.json: field 'seed' is str"), (_valid(lr=True), "field 'lr' is bool"),
                        (_valid(schema="other/1"), "schema is 'other/1'"),
-                       (_valid(history=[{"char_acc": 1.0}]), "history[0] has no numeric 'step'")]:
+                       (_valid(history=[{"char_acc": 1.0}]), "history[0] has no integer 'step'")]:
         try:
             parse_record(bad, "x.json")
         except RecordError as error:

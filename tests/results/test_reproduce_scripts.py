@@ -23,6 +23,7 @@ STUB = textwrap.dedent(f"""\
     sys.path.insert(0, {str(ROOT)!r})
     from results_lib.cpu_sweeps import load_sweep
     from results_lib.records import canonical_mora_type
+    from tests.fixtures.records.make_fixture_records import minimal_record
     with open(os.environ["STUB_LOG"], "a") as log:
         log.write(" ".join(args[1:]) + "\\n")
     overrides = dict(a.split("=", 1) for a in args[1:] if "=" in a)
@@ -49,10 +50,9 @@ STUB = textwrap.dedent(f"""\
         else:
             final = {{"char_acc": acc, "train_loss": 1.0 - acc}}
             history = [{{"step": 100, "char_acc": acc / 2}}, {{"step": 200, "char_acc": acc}}]
-        record = {{"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": task,
-                  "adapter": adapter, "r": None if adapter == "fft" else r, "mora_type": mora_type, "model": model,
-                  "seed": seed, "lr": lr, "experiment": experiment, "sweep": "stub",
-                  "final": final, "history": history}}
+        record = minimal_record(run_id=run_id, task=task, adapter=adapter, r=None if adapter == "fft" else r,
+                                mora_type=mora_type, model=model, seed=seed, lr=lr, experiment=experiment,
+                                sweep="stub", final=final, history=history)
         os.makedirs(results_dir, exist_ok=True)
         with open(os.path.join(results_dir, run_id + ".json"), "w") as f:
             json.dump(record, f)

@@ -116,11 +116,11 @@ def test_bad_uuid_steps_is_one_line_error(tmp_path):
 
 def _uuid_record(lr, seed, acc):
     from results_lib.records import parse_record
+    from tests.fixtures.records.make_fixture_records import minimal_record
 
     run_id = f"u-{lr:g}-s{seed}"
-    return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "uuid",
-                         "adapter": "lora", "r": 8, "mora_type": None, "model": "tiny", "seed": seed, "lr": lr,
-                         "experiment": "cpu/uuid_lora", "final": {"char_acc": acc, "train_loss": 1.0}}, run_id)
+    return parse_record(minimal_record(run_id=run_id, seed=seed, lr=lr, experiment="cpu/uuid_lora",
+                                       final={"char_acc": acc, "train_loss": 1.0}), run_id)
 
 
 def test_selection_seed_is_not_in_the_reported_mean():
