@@ -6,14 +6,15 @@ from results_lib.claims import CLAIMS, build_claims_table, verdict
 from results_lib.grouping import Stat
 from results_lib.records import parse_record
 from results_lib.reference import load_reference
+from tests.fixtures.records.make_fixture_records import minimal_record
 from tests.results._paths import ROOT
 
 
 def _record(adapter, lr, seed, ppl, experiment="cpu/pretrain_long", mora_type=None):
     run_id = f"{experiment}-{adapter}-{lr:g}-{seed}"
-    return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "pretrain",
-                         "adapter": adapter, "r": 21, "mora_type": mora_type, "model": "tiny_scratch", "seed": seed,
-                         "lr": lr, "experiment": experiment, "final": {"val_ppl": ppl, "train_loss": 1.0}}, run_id)
+    return parse_record(minimal_record(run_id=run_id, task="pretrain", adapter=adapter, r=21, mora_type=mora_type,
+                                       model="tiny_scratch", seed=seed, lr=lr, experiment=experiment,
+                                       final={"val_ppl": ppl, "train_loss": 1.0}), run_id)
 
 
 def test_verdict_rules():
@@ -75,10 +76,9 @@ def test_pretrain_by_step_table_reads_each_eval_over_the_reporting_seeds():
     def rec(lr, seed, ppls):
         run_id = f"p-{lr:g}-{seed}"
         history = [{"step": step, "val_ppl": ppl} for step, ppl in zip((250, 500), ppls)]
-        return parse_record({"schema": "mora-run/1", "run_id": run_id, "status": "completed", "task": "pretrain",
-                             "adapter": "lora", "r": 21, "mora_type": None, "model": "tiny_scratch", "seed": seed,
-                             "lr": lr, "experiment": "cpu/pretrain_long", "history": history,
-                             "final": {"val_ppl": ppls[-1], "train_loss": 1.0}}, run_id)
+        return parse_record(minimal_record(run_id=run_id, task="pretrain", r=21, model="tiny_scratch", seed=seed,
+                                           lr=lr, experiment="cpu/pretrain_long", history=history,
+                                           final={"val_ppl": ppls[-1], "train_loss": 1.0}), run_id)
 
     records = [rec(1e-3, 42, (9.0, 1.0)), rec(2e-3, 42, (9.0, 2.0)), rec(1e-3, 43, (8.0, 6.0)), rec(1e-3, 44, (10.0, 8.0))]
     section = build_pretrain_by_step_table(records).sections[0]

@@ -145,10 +145,11 @@ def test_merge_interval_is_a_grid_value_of_the_restart_adapters_only():
     from results_lib.records import parse_record
 
     def rec(adapter):
-        return parse_record({"schema": "mora-run/1", "run_id": adapter, "status": "completed", "task": "pretrain",
-                             "adapter": adapter, "r": 8, "mora_type": None, "model": "tiny", "seed": 0, "lr": 1e-3,
-                             "config": {"adapter": {"restart": {"merge_every": 400}}},
-                             "final": {"val_ppl": 5.0}}, adapter)
+        from tests.fixtures.records.make_fixture_records import minimal_record
+
+        return parse_record(minimal_record(run_id=adapter, task="pretrain", adapter=adapter,
+                                           config={"adapter": {"restart": {"merge_every": 400}}},
+                                           final={"val_ppl": 5.0}), adapter)
 
     assert grid_point(rec("lora")).label() == "1e-3"
     assert grid_point(rec("relora")).label() == "1e-3, every=400"
