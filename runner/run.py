@@ -27,7 +27,8 @@ import runner.config  # noqa: F401  (registers the run_id resolver)
 from runner.checkpoints import (RECORD_COPY_NAME, StartPlan, clear_stale, make_readable, plan, plan_start,  # noqa: F401
                                 swap_in_attempt)
 from runner.errors import ConfigError, NonFiniteLossError
-from runner.validation import adapter_method, check_learning_rate, check_rank, check_seed, check_trainer_settings
+from runner.validation import adapter_method, check_learning_rate, check_rank, check_restart_block, check_seed, \
+    check_trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     Raises ``ConfigError`` with a one-line message naming the bad value."""
     try:
         method = adapter_method(cfg.adapter)
+        check_restart_block(cfg.adapter)
         seed = check_seed(cfg.seed)
         r = None if method == "fft" else check_rank(cfg.r)
         lr = check_learning_rate(cfg.lr)

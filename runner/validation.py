@@ -8,6 +8,9 @@ from runner.errors import ConfigError
 
 METHODS = ("fft", "lora", "dora", "hira", "miss", "mora")
 _METHOD_OF_NAME = {"relora": "lora", "remora": "mora"}
+# The adapters that merge and restart (moRA.restart). An `adapter.restart` block on any other adapter would turn it
+# into one of these under its own name (a "LoRA" record that restarted), so it is refused.
+RESTART_ADAPTERS = ("relora", "remora")
 
 
 def adapter_method(adapter_cfg: Mapping[str, Any]) -> str:
@@ -17,6 +20,18 @@ def adapter_method(adapter_cfg: Mapping[str, Any]) -> str:
     if method not in METHODS:
         raise ConfigError(f"unknown adapter method {method!r} (adapter {name!r}); valid: {', '.join(METHODS)}")
     return str(method)
+
+
+def check_restart_block(adapter_cfg: Mapping[str, Any]) -> None:
+    """``ConfigError`` when an adapter other than ReLoRA/ReMoRA carries a restart block."""
+    name = str(adapter_cfg.get("name", ""))
+    restart = adapter_cfg.get("restart")
+    if restart and name not in RESTART_ADAPTERS:
+        keys = ", ".join(sorted(str(k) for k in restart))
+        raise ConfigError(f"adapter {name!r} has an adapter.restart block ({keys}), but only "
+                          f"{' / '.join(RESTART_ADAPTERS)} merge and restart: use adapter=relora or adapter=remora, or "
+                          f"drop the block (a file sweeping several adapters sets the Re- variants' interval with the "
+                          f"top-level restart_every / restart_warmup keys)")
 
 
 def check_rank(r: Any) -> int:

@@ -152,6 +152,8 @@ def test_pretrain_length_files_follow_the_paper_shape(composer, name, steps, mer
             assert resolved["restart"]["type_cycle"] is None
         if adapter in ("relora", "remora"):
             assert resolved["restart"]["merge_every"] == merge_every and steps % merge_every == 0
+        else:  # plain LoRA / MoRA never restart (a restart block would make them ReLoRA / ReMoRA under their name)
+            assert "restart" not in resolved
 
 
 def test_an_including_file_plans_with_the_included_seed_and_model():

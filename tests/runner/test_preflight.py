@@ -175,3 +175,11 @@ def test_the_config_is_validated_once_per_run(compose_run_config, monkeypatch, g
         run_module.run_experiment(cfg, values=values)
     assert len(calls) == (0 if given else 1)
     assert seen[0]["r"] == cfg.r
+
+
+def test_a_restart_block_on_a_plain_adapter_is_refused(compose_run_config):
+    """`adapter=lora` with an adapter.restart block would train ReLoRA and record it as LoRA."""
+    with pytest.raises(ConfigError, match=r"adapter 'lora' has an adapter.restart block \(merge_every\).*adapter=relora"):
+        check_run(compose_run_config(*TINY_RUN_OVERRIDES, "adapter=lora", "+adapter.restart.merge_every=400"))
+    values = check_run(compose_run_config(*TINY_RUN_OVERRIDES, "adapter=relora", "+restart_every=50"))
+    assert values["method"] == "lora"
