@@ -37,8 +37,7 @@ import pandas as pd  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
 from results_lib import build_all_tables, load_records, load_reference, render_markdown  # noqa: E402
-from results_lib.figures import build_all_figures, figure_bytes, new_figure  # noqa: E402
-from results_lib.naming import adapter_name  # noqa: E402
+from results_lib.figures import build_all_figures, figure_bytes  # noqa: E402
 
 skipped: list[str] = []
 records = load_records(RESULTS, report=skipped.append)
@@ -83,44 +82,16 @@ if not figures:
 
 # %% [markdown]
 # ## Exploration: final score against trainable parameters
-# Each point is one setting at its best learning rate (mean over seeds): does a method buy its score with parameters?
-# UUID runs are scored by final greedy character accuracy, pretraining runs by validation perplexity.
+# Each point is one method (adapter, rank, MoRA type) at its chosen learning rate, the mean over the seeds that did
+# not choose it: does a method buy its score with parameters? UUID runs are scored by final greedy character
+# accuracy, pretraining runs by validation perplexity. Each point has its own legend entry; the parameter axis is
+# logarithmic only where the counts span a factor of 10 or more (`results_lib/exploration.py`).
 
 # %%
-from results_lib.grouping import aggregate, choose_lr, final_metric, group_methods  # noqa: E402
-from results_lib.metrics import metric_spec  # noqa: E402
+from results_lib.exploration import exploration_figures, exploration_points  # noqa: E402
 
-SCORES = {"uuid": "char_acc", "pretrain": "val_ppl"}
-points = []
-for key, by_lr in group_methods(records).items():
-    metric = SCORES.get(key.task)
-    if metric is None:
-        continue
-    spec = metric_spec(metric)
-    choice = choose_lr(by_lr, final_metric(metric), spec.higher_is_better)
-    chosen = choice.reported(by_lr)  # the seeds that did not select the lr
-    stat = aggregate(run.final.get(metric) for run in chosen)
-    trainable = next((run.trainable_params for run in chosen if run.trainable_params), None)
-    if stat is not None and trainable:
-        points.append({"task": key.task, "model": key.model, "adapter": key.adapter, "r": key.r,
-                       "mora_type": key.mora_type, "trainable": trainable, metric: stat.mean, "n": stat.n})
-explore = pd.DataFrame(points)
-display(explore)
+points = exploration_points(records)
+display(pd.DataFrame(points))
 
-for (task, model), group in (explore.groupby(["task", "model"]) if not explore.empty else []):
-    metric = SCORES[task]
-    spec = metric_spec(metric)
-    fig = new_figure(6.0, 4.0)
-    ax = fig.add_subplot()
-    scale = 100.0 if spec.percent else 1.0
-    for adapter, rows in group.groupby("adapter"):
-        ax.scatter(rows["trainable"], rows[metric] * scale, label=adapter_name(adapter), s=40)
-        for _, row in rows.iterrows():
-            ax.annotate("" if pd.isna(row["r"]) else f"r={int(row['r'])}", (row["trainable"], row[metric] * scale),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(spec.label)
-    ax.set_title(f"{task}, model {model}: final score against trainable parameters", fontsize=10)
-    ax.legend(fontsize=8)
+for (task, model), fig in exploration_figures(points):
     display(Image(data=figure_bytes(fig, "png")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,27 +19,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .figure_style import BAND_GID, SEED_POINTS_MAX_N, band_bounds, clip_band, draw_chance_line, \
+    draw_seed_points, fitted_limits, method_color, method_linestyle  # noqa: E402
 from .grouping import MethodKey, choose_lr, final_metric, format_point, group_methods  # noqa: E402
 from .metrics import metric_spec  # noqa: E402
 from .naming import MORA_ADAPTERS, MORA_TYPE_ORDER, adapter_name, method_label, model_name, \
     model_sort_key, mora_type_name  # noqa: E402
 from .output import write_bytes_atomic  # noqa: E402
 from .records import RunRecord  # noqa: E402
+from .sv_records import analysis_layers, layer_ceiling  # noqa: E402,F401  (analysis_layers: also imported from here)
 from .tables import PRETRAIN_TASK, UUID_TASK, is_paper_default_type  # noqa: E402
 
-ADAPTER_COLORS = {"fft": "black", "lora": "tab:blue", "dora": "tab:orange", "hira": "tab:green", "miss": "tab:purple",
-                  "mora": "tab:red", "relora": "tab:cyan", "remora": "tab:brown", "loraplus": "tab:olive",
-                  "asylora": "tab:pink"}
-LINESTYLES = ["-", "--", ":", "-."]
+CEILING_LABEL = "ceiling min(d, k)"
 PRIMARY_METRIC = {UUID_TASK: "char_acc", PRETRAIN_TASK: "val_ppl"}
 RC = {"svg.hashsalt": "mora-results", "font.size": 10, "axes.grid": True, "grid.alpha": 0.3,
       "figure.dpi": 100, "savefig.dpi": 150, "pdf.fonttype": 42, "path.simplify": False}
 PNG_METADATA = {"Software": None}
 PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None}
+ZOOM_FROM = 1 / 3  # the pretraining figure's second panel: the last two thirds of training
 
 
-def _color(adapter: str) -> str:
-    return ADAPTER_COLORS.get(adapter, "tab:gray")
+def _color(adapter: str, r: int | None = None) -> str:
+    return method_color(adapter, r)
 
 
 def _best_runs(by_lr: dict[float, list[RunRecord]], task: str) -> tuple[float, list[RunRecord]]:
@@ -72,15 +74,29 @@ def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
         return Figure(figsize=(width, height), layout="constrained")
 
 
-def _style_by_r(keys: Sequence[MethodKey]) -> dict:
-    ranks = sorted({k.r for k in keys if k.r is not None})
-    return {r: LINESTYLES[i % len(LINESTYLES)] for i, r in enumerate(ranks)}
+@dataclass
+class Curve:
+    """One method's plotted curve: steps, mean and clipped band edges (× scale), each seed's last point."""
+
+    key: MethodKey
+    steps: list[int]
+    means: list[float]
+    lower: list[float]
+    upper: list[float]
+    seed_points: list[tuple[int, float]]
+
+    def values_from(self, start: float) -> list[float]:
+        """Every plotted value (means, band edges, seed points) at steps ≥ ``start``."""
+        inside = [i for i, step in enumerate(self.steps) if step >= start]
+        return ([self.means[i] for i in inside] + [self.lower[i] for i in inside] + [self.upper[i] for i in inside]
+                + [v for step, v in self.seed_points if step >= start])
 
 
-def _plot_method_curves(ax, groups: dict[MethodKey, dict[float, list[RunRecord]]], metric: str, task: str,
-                        scale: float = 1.0) -> bool:
-    styles = _style_by_r(list(groups))
-    plotted = False
+def _method_curves(groups: dict[MethodKey, dict[float, list[RunRecord]]], metric: str, task: str,
+                   scale: float = 1.0) -> list[tuple[Curve, str]]:
+    """Each method's curve at its reported lr, with its legend label."""
+    bounds = band_bounds(metric, scale)
+    curves = []
     for key, by_lr in groups.items():
         lr, runs = _best_runs(by_lr, task)
         steps, means, stds, n = mean_curve(runs, metric)
@@ -89,18 +105,35 @@ def _plot_method_curves(ax, groups: dict[MethodKey, dict[float, list[RunRecord]]
         label = method_label(key.adapter, key.r, key.mora_type, key.adapter in MORA_ADAPTERS)
         label += f", lr {format_point(lr)}, n={n}"
         mean = [m * scale for m in means]
-        ax.plot(steps, mean, color=_color(key.adapter), linestyle=styles.get(key.r, "-"), linewidth=1.6,
-                label=label)
-        if n > 1:
-            ax.fill_between(steps, [m - s * scale for m, s in zip(mean, stds)],
-                            [m + s * scale for m, s in zip(mean, stds)], color=_color(key.adapter), alpha=0.15,
-                            linewidth=0)
-        plotted = True
-    return plotted
+        lower, upper = clip_band(mean, [s * scale for s in stds], bounds) if n > 1 else (mean, mean)
+        seeds = [(run.curve(metric)[-1][0], run.curve(metric)[-1][1] * scale) for run in runs if run.curve(metric)]
+        curves.append((Curve(key, steps, mean, lower, upper, seeds if n <= SEED_POINTS_MAX_N else []), label))
+    return curves
+
+
+def _draw_curves(ax, curves: list[tuple[Curve, str]], legend: bool = True) -> None:
+    for curve, label in curves:
+        color = _color(curve.key.adapter, curve.key.r)
+        ax.plot(curve.steps, curve.means, color=color, linestyle=method_linestyle(curve.key.r), linewidth=1.6,
+                label=label if legend else "_" + label)
+        if curve.lower != curve.means or curve.upper != curve.means:
+            ax.fill_between(curve.steps, curve.lower, curve.upper, color=color, alpha=0.15, linewidth=0,
+                            gid=BAND_GID)
+        draw_seed_points(ax, [x for x, _ in curve.seed_points], [y for _, y in curve.seed_points], color)
+
+
+def _plot_method_curves(ax, groups: dict[MethodKey, dict[float, list[RunRecord]]], metric: str, task: str,
+                        scale: float = 1.0) -> list[Curve]:
+    """Mean curve, mean ± std band (n > 1, clipped to the metric's range) and, for n ≤ 3, each seed's final value
+    of every method at its reported lr; returns the curves drawn (empty: nothing to draw)."""
+    curves = _method_curves(groups, metric, task, scale)
+    _draw_curves(ax, curves)
+    return [curve for curve, _ in curves]
 
 
 def uuid_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
-    """UUID memorization: greedy character accuracy and training loss against steps, per model."""
+    """UUID memorization: greedy character accuracy (with the chance level) and training loss against steps, per
+    model."""
     runs = [rec for rec in records if rec.task == UUID_TASK and is_paper_default_type(rec)]
     out = []
     for model in sorted({rec.model for rec in runs}, key=model_sort_key):
@@ -114,9 +147,10 @@ def uuid_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
             ax.set_xlabel("optimizer step")
             ax.set_ylabel(ylabel)
             what = "character accuracy" if metric == "char_acc" else "training loss"
-            ax.set_title(f"UUID memorization: {what}\nmodel {model_name(model)}; mean ± std over seeds",
-                         fontsize=10)
+            ax.set_title(f"UUID memorization: {what}\nmodel {model_name(model)}; mean ± std over seeds"
+                         f" (dots: each seed's last value where n ≤ {SEED_POINTS_MAX_N})", fontsize=10)
             if metric == "char_acc":
+                draw_chance_line(ax, scale)
                 ax.set_ylim(0, 100)
             ax.legend(fontsize=8, loc="best")
             out.append((f"uuid_{metric}__{model}", fig))
@@ -132,113 +166,136 @@ def merge_every(run: RunRecord) -> int | None:
     return None
 
 
+def _merge_lines(groups: dict[MethodKey, dict[float, list[RunRecord]]], last_step: int) -> list[tuple[str, int]]:
+    """``[(adapter, merge_every), ...]`` of the restart methods, one per (adapter, interval)."""
+    marked: list[tuple[str, int]] = []
+    for key, by_lr in groups.items():
+        _, chosen = _best_runs(by_lr, PRETRAIN_TASK)
+        every = next((merge_every(run) for run in chosen if merge_every(run)), None)
+        if every is not None and every < last_step and (key.adapter, every) not in marked:
+            marked.append((key.adapter, every))
+    return marked
+
+
+def _draw_merges(ax, merges: list[tuple[str, int]], last_step: int, legend: bool) -> None:
+    for adapter, every in merges:
+        for i, step in enumerate(range(every, last_step, every)):
+            ax.axvline(step, color=_color(adapter), linestyle=":", linewidth=1.0, alpha=0.7,
+                       label=f"{adapter_name(adapter)} merge (every {every} steps)" if i == 0 and legend else None)
+
+
 def pretrain_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
-    """Pretraining loss curves per model; merges of ReLoRA/ReMoRA as vertical lines at multiples of merge_every."""
+    """Pretraining loss curves per model, over the whole run and zoomed on its last two thirds (y fitted to the data
+    there); merges of ReLoRA/ReMoRA as vertical lines at multiples of merge_every."""
     runs = [rec for rec in records if rec.task == PRETRAIN_TASK]
     out = []
     for model in sorted({rec.model for rec in runs}, key=model_sort_key):
         groups = group_methods(rec for rec in runs if rec.model == model)
         metric = "train_loss" if any(r.curve("train_loss") for r in runs if r.model == model) else "val_loss"
-        fig = new_figure()
-        ax = fig.add_subplot()
-        if not _plot_method_curves(ax, groups, metric, PRETRAIN_TASK):
+        curves = _method_curves(groups, metric, PRETRAIN_TASK)
+        if not curves:
             continue
         last_step = max(step for rec in runs if rec.model == model for step, _ in rec.curve(metric))
-        marked = set()
-        for key, by_lr in groups.items():
-            _, chosen = _best_runs(by_lr, PRETRAIN_TASK)
-            every = next((merge_every(run) for run in chosen if merge_every(run)), None)
-            if every is None or (key.adapter, every) in marked:
-                continue
-            marked.add((key.adapter, every))
-            for i, step in enumerate(range(every, last_step, every)):
-                ax.axvline(step, color=_color(key.adapter), linestyle=":", linewidth=1.0, alpha=0.7,
-                           label=f"{adapter_name(key.adapter)} merge (every {every} steps)" if i == 0 else None)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(("training" if metric == "train_loss" else "validation") + " loss (cross-entropy, nats/token)")
-        ax.set_title(f"Pretraining from scratch\nmodel {model_name(model)}; mean ± std over seeds", fontsize=10)
-        ax.legend(fontsize=8, loc="upper right")
+        merges = _merge_lines(groups, last_step)
+        fig = new_figure(11.0, 4.4)
+        full, zoom = fig.subplots(1, 2)
+        start = last_step * ZOOM_FROM
+        for ax, legend in ((full, True), (zoom, False)):
+            _draw_curves(ax, curves, legend)
+            _draw_merges(ax, merges, last_step, legend)
+            ax.set_xlabel("optimizer step")
+        full.set_ylabel(("training" if metric == "train_loss" else "validation") + " loss (cross-entropy, nats/token)")
+        full.set_title("whole run", fontsize=9)
+        zoom.set_xlim(start, last_step)
+        limits = fitted_limits([v for curve, _ in curves for v in curve.values_from(start)])
+        if limits:
+            zoom.set_ylim(*limits)
+        zoom.set_title(f"zoom: steps {start:.0f} to {last_step} (last two thirds), y fitted to the data there",
+                       fontsize=9)
+        fig.suptitle(f"Pretraining from scratch, model {model_name(model)}; mean ± std over seeds"
+                     f" (dots: each seed's last value where n ≤ {SEED_POINTS_MAX_N})", fontsize=10)
+        full.legend(fontsize=8, loc="upper right")
         out.append((f"pretrain_loss__{model}", fig))
     return out
-
-
-def _first_integer(path: str) -> int | None:
-    return next((int(part) for part in path.split(".") if part.isdigit()), None)
-
-
-def analysis_layers(run: RunRecord) -> tuple[float | None, list[dict]]:
-    """``(threshold, [{"name", "module", "layer_index", "count"}, ...])`` from a record's ``analysis``.
-
-    Two layouts are read: moRA.analysis's ``{"delta_w_singular_values": {"threshold": 0.1, "sv_above_threshold":
-    {"model.layers.0.self_attn.q_proj": 12, ...}, ...}}`` (module = last path component, layer index = first integer
-    component) and the flat ``{"sv_threshold": 0.1, "layers": [{"name", "module", "layer_index", "count",
-    "shape"}]}``. Entries without a module or layer index are left out."""
-    analysis = run.analysis or {}
-    nested = analysis.get("delta_w_singular_values")
-    if isinstance(nested, dict) and isinstance(nested.get("sv_above_threshold"), dict):
-        threshold = nested.get("threshold")
-        layers = [{"name": name, "module": name.rsplit(".", 1)[-1], "layer_index": _first_integer(name),
-                   "count": count} for name, count in sorted(nested["sv_above_threshold"].items())]
-    elif isinstance(analysis.get("layers"), list):
-        threshold = analysis.get("sv_threshold")
-        layers = [layer for layer in analysis["layers"] if isinstance(layer, dict)]
-    else:
-        return None, []
-    usable = [layer for layer in layers if isinstance(layer.get("layer_index"), int)
-              and isinstance(layer.get("count"), (int, float)) and not isinstance(layer.get("count"), bool)
-              and isinstance(layer.get("module"), str)]
-    return (float(threshold) if isinstance(threshold, (int, float)) else None), usable
 
 
 def _analysis_layers(run: RunRecord) -> list[dict]:
     return analysis_layers(run)[1]
 
 
+def _sv_tables(groups: dict, task: str) -> tuple[dict, dict, set[float]]:
+    """``{method: {module: {layer: [count of each seed]}}}``, ``{module: {layer: {ceilings}}}`` and the thresholds."""
+    per_method: dict[MethodKey, dict[str, dict[int, list[float]]]] = {}
+    ceilings: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    thresholds: set[float] = set()
+    for key, by_lr in groups.items():
+        _, chosen = _best_runs(by_lr, task)
+        table: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for run in chosen:
+            threshold, layers = analysis_layers(run)
+            if threshold is not None:
+                thresholds.add(threshold)
+            for layer in layers:
+                table[layer["module"]][layer["layer_index"]].append(float(layer["count"]))
+                ceiling = layer_ceiling(run, layer)
+                if ceiling is not None:
+                    ceilings[layer["module"]][layer["layer_index"]].add(ceiling)
+        per_method[key] = table
+    return per_method, ceilings, thresholds
+
+
+def _draw_sv_panel(ax, module: str, per_method: dict, ceilings: dict) -> None:
+    for key, table in per_method.items():
+        if module not in table:
+            continue
+        color = _color(key.adapter, key.r)
+        layers = sorted(table[module])
+        counts = [statistics.fmean(table[module][i]) for i in layers]
+        ax.plot(layers, counts, marker="o", markersize=3, color=color, linestyle=method_linestyle(key.r),
+                label=method_label(key.adapter, key.r, key.mora_type, key.adapter in MORA_ADAPTERS))
+        spread = [(i, statistics.fmean(table[module][i]), statistics.stdev(table[module][i])) for i in layers
+                  if len(table[module][i]) > 1]
+        if spread:
+            ax.vlines([i for i, _, _ in spread], [m - s for _, m, s in spread], [m + s for _, m, s in spread],
+                      color=color, linewidth=1.2, gid=BAND_GID)
+        if max(len(table[module][i]) for i in layers) <= SEED_POINTS_MAX_N:
+            points = [(i, v) for i in layers for v in table[module][i]]
+            draw_seed_points(ax, [i for i, _ in points], [v for _, v in points], color)
+    tops = sorted((i, c) for i, values in ceilings.get(module, {}).items() for c in values)
+    if tops:
+        ax.plot([i for i, _ in tops], [c for _, c in tops], linestyle="none", marker="_", markersize=14,
+                markeredgewidth=1.5, color="black", label=CEILING_LABEL)
+
+
 def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     """Number of singular values of ΔW above the threshold per layer: one panel per module type, one line per
-    method (mean over seeds). Reads ``record["analysis"]`` through :func:`analysis_layers`."""
+    method (mean over seeds) with ± std bars, each seed's count where n ≤ 3, and each layer's ceiling min(d, k).
+    Reads ``record["analysis"]`` through :func:`analysis_layers`."""
     runs = [rec for rec in records if _analysis_layers(rec)]
     out = []
     for task, model in sorted({(rec.task, rec.model) for rec in runs}, key=lambda s: (s[0], model_sort_key(s[1]))):
         groups = group_methods(rec for rec in runs if (rec.task, rec.model) == (task, model))
-        per_method: dict[MethodKey, dict[str, dict[int, list[float]]]] = {}
-        thresholds = set()
-        for key, by_lr in groups.items():
-            _, chosen = _best_runs(by_lr, task)
-            table: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-            for run in chosen:
-                threshold, layers = analysis_layers(run)
-                if threshold is not None:
-                    thresholds.add(threshold)
-                for layer in layers:
-                    table[layer["module"]][layer["layer_index"]].append(float(layer["count"]))
-            per_method[key] = table
+        per_method, ceilings, thresholds = _sv_tables(groups, task)
         modules = sorted({m for table in per_method.values() for m in table}, key=_module_order)
         cols = min(4, len(modules))
         rows = -(-len(modules) // cols)
-        fig = new_figure(3.2 * cols, 2.6 * rows + 0.6)
+        fig = new_figure(3.2 * cols, 2.6 * rows + 0.8)
         axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
-        styles = _style_by_r(list(per_method))
         for index, module in enumerate(modules):
             ax = axes[index // cols][index % cols]
-            for key, table in per_method.items():
-                if module not in table:
-                    continue
-                layers = sorted(table[module])
-                counts = [statistics.fmean(table[module][i]) for i in layers]
-                ax.plot(layers, counts, marker="o", markersize=3, color=_color(key.adapter),
-                        linestyle=styles.get(key.r, "-"),
-                        label=method_label(key.adapter, key.r, key.mora_type, key.adapter in MORA_ADAPTERS))
+            _draw_sv_panel(ax, module, per_method, ceilings)
             ax.set_title(module, fontsize=9)
             ax.set_xlabel("layer index")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(bottom=0)
             if index % cols == 0:
                 ax.set_ylabel("singular values > threshold")
         for index in range(len(modules), rows * cols):
             axes[index // cols][index % cols].set_visible(False)
         threshold = ", ".join(f"{t:g}" for t in sorted(thresholds)) or "the threshold"
         fig.suptitle(f"Number of singular values of ΔW above {threshold}, per layer\n"
-                     f"task {task}, model {model_name(model)}; mean over seeds", fontsize=10)
+                     f"task {task}, model {model_name(model)}; mean ± std over seeds (dots: each seed where "
+                     f"n ≤ {SEED_POINTS_MAX_N}); black bars: the layer's ceiling min(d, k)", fontsize=10)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8)
         out.append((f"singular_values__{task}_{model}", fig))
@@ -252,7 +309,8 @@ def _module_order(module: str) -> tuple[int, str]:
 
 def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     """Bar chart of the compression/decompression ablation per (task, model, r) with runs of ≥ 2 MoRA types:
-    mean of the task's primary metric with ± std error bars; types not run are labelled "not run"."""
+    mean of the task's primary metric with ± std error bars, each seed's value where n ≤ 3, the chance level of
+    UUID accuracy; types not run are labelled "not run"."""
     runs = [rec for rec in records if rec.adapter == "mora" and rec.mora_type is not None]
     out = []
     settings = sorted({(rec.task, rec.model, rec.r) for rec in runs},
@@ -268,6 +326,7 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
         types = MORA_TYPE_ORDER + sorted(set(by_type) - set(MORA_TYPE_ORDER))
         fig = new_figure(7.0, 4.2)
         ax = fig.add_subplot()
+        color = _color("mora", r)
         for x, mora_type in enumerate(types):
             if mora_type not in by_type:
                 ax.text(x, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=8, color="gray")
@@ -278,15 +337,20 @@ def ablation_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
                 continue
             mean = statistics.fmean(values)
             std = statistics.stdev(values) if len(values) > 1 else 0.0
-            ax.bar(x, mean, yerr=std if len(values) > 1 else None, capsize=4, color="tab:red", alpha=0.8)
-            ax.annotate(f"n={len(values)}\nlr {format_point(lr)}", (x, mean + std), textcoords="offset points",
-                        xytext=(0, 4), ha="center", fontsize=7)
+            ax.bar(x, mean, yerr=std if len(values) > 1 else None, capsize=4, color=color, alpha=0.8)
+            if len(values) <= SEED_POINTS_MAX_N:
+                draw_seed_points(ax, [x] * len(values), values, "black")
+            ax.annotate(f"n={len(values)}\nlr {format_point(lr)}", (x, max([mean + std, *values])),
+                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+        if metric == "char_acc":
+            draw_chance_line(ax, scale)
+            ax.legend(fontsize=8, loc="upper left")
         ax.set_xticks(range(len(types)), [mora_type_name(t) for t in types], rotation=30, ha="right", fontsize=8)
         ax.set_xlabel("compression / decompression type")
         ax.set_ylabel(("final " if task == UUID_TASK else "") + spec.label)
         ax.grid(False, axis="x")
         ax.set_title(f"MoRA compression/decompression ablation\ntask {task}, model {model_name(model)}, r = {r}; "
-                     "mean ± std over seeds", fontsize=10)
+                     f"mean ± std over seeds (dots: each seed where n ≤ {SEED_POINTS_MAX_N})", fontsize=10)
         ax.margins(y=0.15)
         out.append((f"ablation__{task}_{model}_r{r}", fig))
     return out

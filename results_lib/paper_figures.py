@@ -17,6 +17,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
+from .figure_style import SEED_POINTS_MAX_N, draw_seed_points
 from .figures import _best_runs, _color, _plot_method_curves, analysis_layers, new_figure
 from .grouping import group_methods
 from .naming import adapter_name, model_name, model_sort_key
@@ -88,7 +89,7 @@ def _loss_figure(runs: list[RunRecord], title: str) -> Figure | None:
         return None
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (cross-entropy, nats/token)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{title}\n(dots: each seed's last value where n ≤ {SEED_POINTS_MAX_N})", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
@@ -123,8 +124,19 @@ def figure4(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
         ax.set_ylabel(("training" if metric == "train_loss" else "validation") + " loss (nats/token)")
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Figure 4: pretraining from scratch, LoRA, MoRA, ReLoRA, ReMoRA\n{_which(models, paper, 'fig4')}\n"
-                 "best lr of each; mean ± std over seeds", fontsize=9)
+                 f"best lr of each; mean ± std over seeds (dots: each seed's last value where n ≤ {SEED_POINTS_MAX_N})",
+                 fontsize=9)
     return [("paper_fig4_pretrain_loss", fig)]
+
+
+def _per_type_counts(run: RunRecord, thresholds: set[float]) -> dict[str, list[float]]:
+    threshold, layers = analysis_layers(run)
+    if threshold is not None:
+        thresholds.add(threshold)
+    per_type: dict[str, list[float]] = {}
+    for layer in layers:
+        per_type.setdefault(layer["module"], []).append(float(layer["count"]))
+    return per_type
 
 
 def figure5_values(runs: Sequence[RunRecord]) -> tuple[dict[str, dict[str, float]], set[float]]:
@@ -135,13 +147,20 @@ def figure5_values(runs: Sequence[RunRecord]) -> tuple[dict[str, dict[str, float
         (chosen,) = by_point.values()
         per_type: dict[str, list[float]] = {}
         for run in chosen:
-            threshold, layers = analysis_layers(run)
-            if threshold is not None:
-                thresholds.add(threshold)
-            for layer in layers:
-                per_type.setdefault(layer["module"], []).append(float(layer["count"]))
+            for module, counts in _per_type_counts(run, thresholds).items():
+                per_type.setdefault(module, []).extend(counts)
         values[key.adapter] = {module: statistics.fmean(counts) for module, counts in per_type.items()}
     return values, thresholds
+
+
+def figure5_seed_values(runs: Sequence[RunRecord]) -> dict[str, list[dict[str, float]]]:
+    """``{method: [{matrix type: mean over layers of the count}, one per seed]}``: the spread behind each bar."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for key, by_point in _chosen(runs, PRETRAIN_TASK).items():
+        (chosen,) = by_point.values()
+        out[key.adapter] = [{module: statistics.fmean(counts) for module, counts in
+                             _per_type_counts(run, set()).items()} for run in chosen]
+    return out
 
 
 def figure5(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
@@ -149,21 +168,28 @@ def figure5(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     if not runs:
         return []
     values, thresholds = figure5_values(runs)
+    seeds = figure5_seed_values(runs)
+    colors = {key.adapter: _color(key.adapter, key.r) for key in _chosen(runs, PRETRAIN_TASK)}
     methods = [m for m in PRETRAIN_METHODS if m in values]
     fig = new_figure(7.5, 4.2)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         xs = [x + (i - (len(methods) - 1) / 2) * width for x in range(len(MATRIX_TYPES))]
-        ax.bar(xs, [values[method].get(module, 0.0) for module, _ in MATRIX_TYPES], width, color=_color(method),
+        ax.bar(xs, [values[method].get(module, 0.0) for module, _ in MATRIX_TYPES], width, color=colors[method],
                label=adapter_name(method))
+        if len(seeds[method]) <= SEED_POINTS_MAX_N:
+            points = [(x, seed[module]) for x, (module, _) in zip(xs, MATRIX_TYPES) for seed in seeds[method]
+                      if module in seed]
+            draw_seed_points(ax, [x for x, _ in points], [v for _, v in points], "black")
     ax.set_xticks(range(len(MATRIX_TYPES)), [label for _, label in MATRIX_TYPES])
     threshold = ", ".join(f"{t:g}" for t in sorted(thresholds)) or "the threshold"
     ax.set_ylabel(f"singular values of ΔW > {threshold}\n(mean over layers)")
     ax.grid(False, axis="x")
     ax.legend(fontsize=8)
     ax.set_title(f"Figure 5: number of singular values of ΔW above {threshold}, by matrix type\n"
-                 f"{_which(models, paper, 'fig5')}; best lr of each; mean over layers and seeds", fontsize=9)
+                 f"{_which(models, paper, 'fig5')}; best lr of each\nmean over layers and seeds"
+                 f" (dots: each seed's mean over layers where n ≤ {SEED_POINTS_MAX_N})", fontsize=9)
     return [("paper_fig5_singular_values", fig)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from results_lib import parse_record
+from results_lib.figure_style import SEED_POINTS_GID, method_color
 from results_lib.paper_figures import (MATRIX_TYPES, figure2, figure3, figure4, figure5, figure5_values,
                                        figure_sources)
 from tests.fixtures.records.make_fixture_records import record
@@ -39,6 +40,13 @@ def test_figure2_and_3_use_the_papers_model_when_it_has_records():
     assert [line.get_label().split(",")[0] for line in fig3.axes[0].get_lines()] == [
         "LoRA r=8", "LoRA r=256", "MoRA r=8 (rope)", "MoRA r=256 (sharing)"]
     assert figure_sources(cpu + paper)["paper_fig2_uuid_loss_fft_lora"] == ["p-fft", "p-l8", "p-l16", "p-l256"]
+    # a colour per method at its rank, the same in both figures
+    colors = [line.get_color() for line in ax.get_lines()]
+    assert colors == [method_color("fft"), method_color("lora", 8), method_color("lora", 16), method_color("lora", 256)]
+    assert len(set(colors)) == 4
+    assert [line.get_color() for line in fig3.axes[0].get_lines()][:2] == [colors[1], colors[3]]
+    # one seed each: each seed's final value is marked
+    assert sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == SEED_POINTS_GID) == 4
 
 
 def test_figure4_one_panel_per_paper_model_and_figure5_bars_per_matrix_type():
@@ -57,8 +65,15 @@ def test_figure4_one_panel_per_paper_model_and_figure5_bars_per_matrix_type():
     heights = [patch.get_height() for patch in ax.patches]
     assert heights[:7] == [5.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0]   # LoRA's bars in the paper's order (down = 6th)
     assert "model 250M;" in ax.get_title()
+    # each seed's mean over layers marked on its bar (one seed per method; two matrix types in the records)
+    seeds = [tuple(xy) for c in ax.collections if c.get_gid() == SEED_POINTS_GID for xy in c.get_offsets()]
+    assert len(seeds) == 4 * 2 and any(abs(x - patch_x(ax.patches[0])) < 1e-9 and y == 5.0 for x, y in seeds)
     assert set(figure_sources(runs)["paper_fig5_singular_values"]) == {f"llama_250m-{a}" for a in
                                                                         ("lora", "mora", "relora", "remora")}
+
+
+def patch_x(patch) -> float:
+    return patch.get_x() + patch.get_width() / 2
 
 
 def test_no_matching_records_no_paper_figure():
