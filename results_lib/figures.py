@@ -184,7 +184,42 @@ def _draw_merges(ax, merges: list[tuple[str, int]], last_step: int, legend: bool
                        label=f"{adapter_name(adapter)} merge (every {every} steps)" if i == 0 and legend else None)
 
 
+def by_experiment(runs: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Pretraining runs split by experiment file (each a length and shape; never one curve): ``[(stem suffix, runs)]``
+    with suffix ``""`` when there is one experiment, else ``"__<experiment with / as _>"``."""
+    experiments = sorted({rec.experiment or "" for rec in runs})
+    if len(experiments) <= 1:
+        return [("", list(runs))]
+    return [(f"__{exp.replace('/', '_') or 'none'}", [rec for rec in runs if (rec.experiment or "") == exp])
+            for exp in experiments]
+
+
+def longest_experiment(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """The runs of the pretraining experiment that trained longest (``trainer.max_steps``; ties: the name): the
+    paper's Figures 4 and 5 show one setting."""
+    if not runs:
+        return []
+
+    def steps(rec: RunRecord) -> int:
+        value = rec.config_value("trainer.max_steps")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    best = max({rec.experiment or "" for rec in runs},
+               key=lambda exp: (max(steps(rec) for rec in runs if (rec.experiment or "") == exp), exp))
+    return [rec for rec in runs if (rec.experiment or "") == best]
+
+
 def pretrain_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
+    """One figure per (model, experiment): see :func:`_pretrain_figure`."""
+    runs = [rec for rec in records if rec.task == PRETRAIN_TASK]
+    out = []
+    for model in sorted({rec.model for rec in runs}, key=model_sort_key):
+        for suffix, part in by_experiment([rec for rec in runs if rec.model == model]):
+            out += [(stem + suffix, fig) for stem, fig in _pretrain_figure(part)]
+    return out
+
+
+def _pretrain_figure(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
     """Pretraining loss curves per model, over the whole run and zoomed on its last two thirds (y fitted to the data
     there); merges of ReLoRA/ReMoRA as vertical lines at multiples of merge_every."""
     runs = [rec for rec in records if rec.task == PRETRAIN_TASK]
@@ -212,7 +247,8 @@ def pretrain_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figure]]:
             zoom.set_ylim(*limits)
         zoom.set_title(f"zoom: steps {start:.0f} to {last_step} (last two thirds), y fitted to the data there",
                        fontsize=9)
-        fig.suptitle(f"Pretraining from scratch, model {model_name(model)}; mean ± std over seeds"
+        experiments = ", ".join(sorted({rec.experiment or "?" for rec in runs if rec.model == model}))
+        fig.suptitle(f"Pretraining from scratch, model {model_name(model)} ({experiments}); mean ± std over seeds"
                      f" (dots: each seed's last value where n ≤ {SEED_POINTS_MAX_N})", fontsize=10)
         full.legend(fontsize=8, loc="upper right")
         out.append((f"pretrain_loss__{model}", fig))
@@ -274,7 +310,15 @@ def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figu
     runs = [rec for rec in records if _analysis_layers(rec)]
     out = []
     for task, model in sorted({(rec.task, rec.model) for rec in runs}, key=lambda s: (s[0], model_sort_key(s[1]))):
-        groups = group_methods(rec for rec in runs if (rec.task, rec.model) == (task, model))
+        for suffix, part in by_experiment([rec for rec in runs if (rec.task, rec.model) == (task, model)]):
+            out += [(stem + suffix, fig) for stem, fig in _singular_value_figure(part, task, model)]
+    return out
+
+
+def _singular_value_figure(runs: Sequence[RunRecord], task: str, model: str) -> list[tuple[str, Figure]]:
+    out = []
+    if runs:
+        groups = group_methods(runs)
         per_method, ceilings, thresholds = _sv_tables(groups, task)
         modules = sorted({m for table in per_method.values() for m in table}, key=_module_order)
         cols = min(4, len(modules))
@@ -294,7 +338,8 @@ def singular_value_figures(records: Sequence[RunRecord]) -> list[tuple[str, Figu
             axes[index // cols][index % cols].set_visible(False)
         threshold = ", ".join(f"{t:g}" for t in sorted(thresholds)) or "the threshold"
         fig.suptitle(f"Number of singular values of ΔW above {threshold}, per layer\n"
-                     f"task {task}, model {model_name(model)}; mean ± std over seeds (dots: each seed where "
+                     f"task {task}, model {model_name(model)}"
+                     f" ({', '.join(sorted({rec.experiment or '?' for rec in runs}))}); mean ± std over seeds (dots: each seed where "
                      f"n ≤ {SEED_POINTS_MAX_N}); black bars: the layer's ceiling min(d, k)", fontsize=10)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8)

@@ -18,7 +18,7 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 from .figure_style import SEED_POINTS_MAX_N, draw_seed_points
-from .figures import _best_runs, _color, _plot_method_curves, analysis_layers, new_figure
+from .figures import _best_runs, _color, _plot_method_curves, analysis_layers, longest_experiment, new_figure
 from .grouping import group_methods
 from .naming import adapter_name, model_name, model_sort_key
 from .records import RunRecord
@@ -72,14 +72,15 @@ def _fig3_runs(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str]
 def _fig4_runs(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str], bool]:
     runs = [rec for rec in records if rec.task == PRETRAIN_TASK and rec.adapter in PRETRAIN_METHODS]
     models, paper = _prefer_paper_models(runs, "fig4")
-    return [rec for rec in runs if rec.model in models], models, paper
+    return [rec for model in models for rec in longest_experiment([r for r in runs if r.model == model])], \
+        models, paper
 
 
 def _fig5_runs(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str], bool]:
     runs = [rec for rec in records if rec.task == PRETRAIN_TASK and rec.adapter in PRETRAIN_METHODS
             and analysis_layers(rec)[1]]
     models, paper = _prefer_paper_models(runs, "fig5")
-    return [rec for rec in runs if rec.model == (models[0] if models else None)], models[:1], paper
+    return longest_experiment([rec for rec in runs if rec.model == (models[0] if models else None)]), models[:1], paper
 
 
 def _loss_figure(runs: list[RunRecord], title: str) -> Figure | None:

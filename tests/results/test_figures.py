@@ -204,3 +204,26 @@ def test_ablation_bars_and_not_run_types(fixture_records):
     assert heights == [52.0, 63.0, 27.0, 47.0]  # sharing, rope, truncation, decouple
     assert sum(text.get_text() == "not run" for text in ax.texts) == 3
     assert [t.get_text() for t in ax.get_xticklabels()][0] == "sharing (1)"
+
+
+def test_pretraining_figures_never_mix_two_experiments():
+    """Runs of two lengths get a figure each; the paper's Figures 4/5 use the longest setting."""
+    from results_lib.figures import by_experiment, longest_experiment
+    from results_lib.records import parse_record
+    from tests.fixtures.records.make_fixture_records import minimal_record
+
+    def rec(experiment, steps, seed):
+        history = [{"step": s, "train_loss": 3.0 - s / steps} for s in (steps // 2, steps)]
+        run_id = f"{experiment}-{seed}"
+        return parse_record(minimal_record(run_id=run_id, task="pretrain", model="tiny_scratch", seed=seed,
+                                           experiment=experiment, history=history,
+                                           config={"trainer": {"max_steps": steps}},
+                                           final={"val_ppl": 5.0, "train_loss": 2.0}), run_id)
+
+    runs = [rec("cpu/pretrain_long", 2000, 1), rec("cpu/pretrain_short", 500, 1), rec("cpu/pretrain_short", 500, 2)]
+    parts = dict(by_experiment(runs))
+    assert sorted(parts) == ["__cpu_pretrain_long", "__cpu_pretrain_short"] and len(parts["__cpu_pretrain_short"]) == 2
+    assert by_experiment(runs[1:])[0][0] == ""  # one experiment: the stem stays as it was
+    assert {r.experiment for r in longest_experiment(runs)} == {"cpu/pretrain_long"}
+    stems = sorted(stem for stem, _ in pretrain_figures(runs))
+    assert stems == ["pretrain_loss__tiny_scratch__cpu_pretrain_long", "pretrain_loss__tiny_scratch__cpu_pretrain_short"]
