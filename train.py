@@ -19,7 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-import runner.config  # noqa: F401  (registers the ${run_id:...} resolver before Hydra resolves the run folder)
+from runner.console_noise import quiet_known_noise  # noqa: E402  (before anything imports bitsandbytes)
+
+quiet_known_noise()
+import runner.config  # noqa: F401,E402  (registers the ${run_id:...} resolver before Hydra resolves the run folder)
 from runner.errors import exit_with_error, one_line, user_error_message
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

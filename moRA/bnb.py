@@ -115,10 +115,28 @@ if is_bnb_available():
 if is_bnb_4bit_available():
     import bitsandbytes as bnb
 
+    # bitsandbytes' inference path on CPUs with AVX512-BF16 repacks a 4-bit weight in place (blocks of 32 output rows)
+    # the first time a no-grad eval forward runs: it asserts out_features % 32 == 0, and on the small layers of our
+    # tests it fails on the packed shapes where other CPUs run the same model. MoRA merges and requantizes these
+    # weights, so the base layers keep bitsandbytes' standard layout on every CPU (CUDA is not affected).
+    def disable_cpu_weight_packing(module: torch.nn.Module) -> int:
+        """Turn bitsandbytes' AVX512-BF16 weight packing off on every ``Linear4bit`` in ``module``; returns how many
+        layers had it on."""
+        changed = 0
+        for layer in module.modules():
+            if isinstance(layer, bnb.nn.Linear4bit) and getattr(layer, "support_avx512bf16_for_cpu", False):
+                layer.support_avx512bf16_for_cpu = False
+                changed += 1
+        return changed
+
     class MoraLinear4bit(_QuantizedMoraLinear):
         """MoRA on ``bnb.nn.Linear4bit`` (nf4 or fp4 weight, absmax per block of ``blocksize`` values)."""
 
         kind = "4-bit"
+
+        def __init__(self, base_layer: torch.nn.Module, adapter_name: str, **kwargs) -> None:
+            super().__init__(base_layer, adapter_name, **kwargs)
+            disable_cpu_weight_packing(self.get_base_layer())
 
         def _unpacked_weight(self):
             """The weight in bitsandbytes' standard 4-bit layout (CPUs with AVX512-BF16 repack it for inference)."""

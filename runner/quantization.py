@@ -60,6 +60,12 @@ def prepare_quantized(model) -> None:
     from peft import prepare_model_for_kbit_training
 
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    try:
+        from moRA.bnb import disable_cpu_weight_packing
+    except ImportError:  # bitsandbytes without 4-bit support: no Linear4bit to guard
+        pass
+    else:
+        disable_cpu_weight_packing(model)  # the layers of any adapter (PEFT's LoRA too) and the unadapted ones
     if hasattr(model, "enable_input_require_grads"):  # reentrant checkpointing needs an input that requires grad
         model.enable_input_require_grads()
 

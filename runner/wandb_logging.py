@@ -5,47 +5,23 @@
   compression type, with how many layers have it); at the end it logs tokens/s and peak memory.
 - ``log_run_end(samples_dir, analysis)``: the per-question samples the final evaluation wrote (``samples/*.jsonl``) as
   one ``wandb.Table`` each, and the ΔW singular-value analysis; called once before the W&B run is finished.
-- ``quiet_known_noise()``: silences exactly the console lines known to be noise before the progress bar (transformers'
-  ``is_gradient_checkpointing`` FutureWarning, DeepSpeed's "Setting accelerator to CPU" line) by their exact message;
-  W&B's banner is turned off through its own ``WANDB_SILENT`` / ``quiet`` settings. Nothing else is hidden.
+- ``quiet_known_noise()``: re-exported from ``runner.console_noise`` (the known-noise console lines, by exact text).
 
 Every function does nothing when there is no W&B run (``logger=none``) or on ranks other than 0.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
 import resource
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from transformers import TrainerCallback
 
-GRADIENT_CHECKPOINTING_WARNING = r"`is_gradient_checkpointing` is deprecated and will be removed in v6\."
-DEEPSPEED_CPU_LINE = "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+from runner.console_noise import quiet_known_noise  # noqa: F401  (re-exported: the runner calls it from here)
+
 MAX_SAMPLE_ROWS = 1000   # per table: W&B tables beyond this are slow to render and the JSONL has them all anyway
-
-
-class _DropExactMessage(logging.Filter):
-    def __init__(self, message: str):
-        super().__init__()
-        self.message = message
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != self.message
-
-
-def quiet_known_noise() -> None:
-    """Filter the known-noise console lines (see the module docstring); idempotent."""
-    warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_WARNING, category=FutureWarning)
-    deepspeed_logger = logging.getLogger("DeepSpeed")
-    if not any(isinstance(f, _DropExactMessage) for f in deepspeed_logger.filters):
-        deepspeed_logger.addFilter(_DropExactMessage(DEEPSPEED_CPU_LINE))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_QUIET", "true")
 
 
 def _wandb_run():

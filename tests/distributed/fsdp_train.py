@@ -126,8 +126,8 @@ def train_py_main(out: Path) -> None:
 
     original = run_module.run_experiment
 
-    def run_with_record(cfg, choices=None, extra_callbacks=()):
-        return original(cfg, choices=choices, extra_callbacks=[*extra_callbacks, RecordFSDP()])
+    def run_with_record(cfg, choices=None, extra_callbacks=(), **kwargs):
+        return original(cfg, choices=choices, extra_callbacks=[*extra_callbacks, RecordFSDP()], **kwargs)
 
     run_module.run_experiment = run_with_record
     sys.argv[0] = str(REPO / "train.py")

@@ -36,8 +36,8 @@ def main() -> None:
 
     original = run_module.run_experiment
 
-    def run_with_dump(cfg, choices=None, extra_callbacks=()):
-        return original(cfg, choices=choices, extra_callbacks=[*extra_callbacks, DumpTrainableWeights()])
+    def run_with_dump(cfg, choices=None, extra_callbacks=(), **kwargs):
+        return original(cfg, choices=choices, extra_callbacks=[*extra_callbacks, DumpTrainableWeights()], **kwargs)
 
     run_module.run_experiment = run_with_dump
     sys.argv[0] = str(REPO / "train.py")

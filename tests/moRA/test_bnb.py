@@ -159,3 +159,17 @@ def test_merge_unpacks_a_weight_repacked_for_cpu_inference_first():
     assert not getattr(base.weight.quant_state, "packing_format_for_cpu", False)
     with torch.no_grad():
         assert rms(base(X) - exact) <= 2 * base_error
+
+
+def test_cpu_weight_packing_is_off_on_quantized_base_layers():
+    """bitsandbytes' AVX512-BF16 path repacks 4-bit weights in place at the first eval forward (and fails on small
+    layers): the helper turns it off on every Linear4bit, whatever CPU runs the test."""
+    import bitsandbytes as bnb
+
+    from moRA.bnb import disable_cpu_weight_packing
+
+    layers = [bnb.nn.Linear4bit(64, 344, bias=False), bnb.nn.Linear4bit(64, 64, bias=False)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = True  # as on such a CPU
+    assert disable_cpu_weight_packing(torch.nn.Sequential(*layers, torch.nn.Linear(4, 4))) == 2
+    assert not any(layer.support_avx512bf16_for_cpu for layer in layers)

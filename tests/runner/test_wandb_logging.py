@@ -86,7 +86,8 @@ def test_without_a_run_nothing_is_logged_and_nothing_fails(tmp_path):
 
 
 def test_known_noise_is_filtered_by_exact_message_and_nothing_else(capsys):
-    from runner.wandb_logging import DEEPSPEED_CPU_LINE, quiet_known_noise
+    from runner.console_noise import BNB_CPU_KERNEL_TEMPLATE, DEEPSPEED_CPU_LINE
+    from runner.wandb_logging import quiet_known_noise
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -108,3 +109,11 @@ def test_known_noise_is_filtered_by_exact_message_and_nothing_else(capsys):
     finally:
         ds.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["a real DeepSpeed warning"]
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    bnb.addHandler(handler)
+    try:
+        bnb.warning(BNB_CPU_KERNEL_TEMPLATE, ModuleNotFoundError("No module named 'kernels'"))
+        bnb.warning("Failed to load something else: %s", "x")
+    finally:
+        bnb.removeHandler(handler)
+    assert [r.getMessage() for r in records][1:] == ["Failed to load something else: x"]
