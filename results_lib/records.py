@@ -8,6 +8,7 @@ complete, or names a MoRA type the library does not know is reported by name (on
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -79,6 +80,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
+@functools.lru_cache(maxsize=1)
+def _library_types():
+    """``moRA/types.py`` (the library's type rules; it imports only ``math``) loaded as a module of its own: the
+    builders apply the library's rule without importing the package, whose ``__init__`` loads torch and PEFT to
+    register MoRA (seconds per process, and the sweep scripts start many)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "moRA" / "types.py"
+    spec = importlib.util.spec_from_file_location("_mora_type_rules", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
     """A record's ``mora_type`` (name, alias, official integer or ``"auto"``) as the canonical name, by the library's
     rule (``moRA.canonical_mora_type``, the one home of type names and the auto threshold). ``None`` stays ``None``;
@@ -87,10 +102,8 @@ def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
         return None
     if str(mora_type).strip().lower() == "auto" and r is None:
         return "auto"
-    from moRA import canonical_mora_type as library_rule
-
     try:
-        return library_rule(mora_type, r)
+        return _library_types().canonical_mora_type(mora_type, r)
     except ValueError as error:
         raise RecordError(" ".join(str(error).split())) from None
 

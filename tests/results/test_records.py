@@ -100,3 +100,20 @@ def test_lr_is_ranked_on_the_seeds_every_lr_has():
     assert [round(stat.mean, 6) for _, stat in choice.candidates] == [0.8, 0.5]
     same_seeds = {lr: [runs[0]] for lr, runs in by_lr.items()}
     assert choose_lr(same_seeds, final_metric("char_acc"), True).seeds is None
+
+
+def test_the_builders_apply_the_library_type_rule_without_importing_torch():
+    """results_lib reads moRA/types.py itself (the package __init__ loads torch and PEFT): same answers, no torch."""
+    import subprocess
+    import sys
+
+    from results_lib.records import canonical_mora_type
+    import moRA
+
+    for value in (*moRA.MORA_TYPES, *moRA.OFFICIAL_TYPE_ALIASES, "auto", "rotation", 1, 2, 3, 4, 6):
+        for r in (8, 64, 256):
+            assert canonical_mora_type(value, r) == moRA.canonical_mora_type(value, r)
+    code = ("import sys; from results_lib.records import canonical_mora_type as c; c(6, 8); c('auto', 256); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
