@@ -110,7 +110,10 @@ def main(cfg: DictConfig) -> None:
 
 def close_distributed() -> None:
     """Destroy the process group a distributed launch (torchrun, deepspeed) set up, once every job of this process
-    is done: a gloo/NCCL group left to the interpreter's exit can abort it ("terminate called …")."""
+    is done: a gloo/NCCL group left to the interpreter's exit can abort it ("terminate called …"). A process that
+    never imported torch (a bad invocation answered before training) has no group: torch is not imported for it."""
+    if "torch.distributed" not in sys.modules:
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -8,7 +8,6 @@ complete, or names a MoRA type the library does not know is reported by name (on
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 # The schema module is standard library only, so the table builders still import without torch (a test checks it).
 from runner.record_schema import SCHEMA, RecordError, check_record  # noqa: F401  (SCHEMA, RecordError: re-exported)
+from runner.type_rules import mora_type_rules  # moRA/types.py without importing torch
 
 
 @dataclass(frozen=True)
@@ -80,20 +80,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-@functools.lru_cache(maxsize=1)
-def _library_types():
-    """``moRA/types.py`` (the library's type rules; it imports only ``math``) loaded as a module of its own: the
-    builders apply the library's rule without importing the package, whose ``__init__`` loads torch and PEFT to
-    register MoRA (seconds per process, and the sweep scripts start many)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "moRA" / "types.py"
-    spec = importlib.util.spec_from_file_location("_mora_type_rules", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
     """A record's ``mora_type`` (name, alias, official integer or ``"auto"``) as the canonical name, by the library's
     rule (``moRA.canonical_mora_type``, the one home of type names and the auto threshold). ``None`` stays ``None``;
@@ -103,7 +89,7 @@ def canonical_mora_type(mora_type: Any, r: int | None) -> str | None:
     if str(mora_type).strip().lower() == "auto" and r is None:
         return "auto"
     try:
-        return _library_types().canonical_mora_type(mora_type, r)
+        return mora_type_rules().canonical_mora_type(mora_type, r)
     except ValueError as error:
         raise RecordError(" ".join(str(error).split())) from None
 

@@ -23,9 +23,9 @@ def resolve_auto_mora_type(mora_type, r):
     else sharing); any other value is returned unchanged (run ids keep the type as it was given)."""
     if str(mora_type) != "auto":
         return mora_type
-    from moRA import canonical_mora_type  # the one home of type names, aliases and the auto threshold
+    from runner.type_rules import mora_type_rules  # moRA/types.py: the one home of the type rules, without torch
 
-    return canonical_mora_type("auto", int(r))
+    return mora_type_rules().canonical_mora_type("auto", int(r))
 
 
 def format_lr(lr) -> str:

@@ -117,10 +117,10 @@ def check_logger(logger_cfg: Mapping[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------------- the config
 def _check_mora_type(adapter_cfg: Mapping[str, Any], r: int | None) -> None:
-    from moRA.operators import canonical_mora_type
+    from runner.type_rules import mora_type_rules
 
     try:
-        canonical_mora_type(adapter_cfg.get("mora_type", "auto"), r)
+        mora_type_rules().canonical_mora_type(adapter_cfg.get("mora_type", "auto"), r)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"adapter.mora_type={adapter_cfg.get('mora_type')!r}: {e}") from None
 

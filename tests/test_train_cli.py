@@ -140,3 +140,15 @@ def test_help_is_the_applications_page(tmp_path):
                      "adapter: " + ", ".join(sorted(p.stem for p in (REPO_ROOT / "configs" / "adapter").glob("*.yaml")))):
         assert expected in page, expected
     assert "powered by Hydra" not in page and list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_invocation_answers_before_torch_is_imported(tmp_path):
+    """The one-line errors of bad input come before the heavy imports (config resolution reads moRA/types.py alone)."""
+    argv = [str(REPO_ROOT / "train.py"), "r=0", f"output_dir={tmp_path}/out", f"results_dir={tmp_path}/results"]
+    code = (f"import runpy, sys; sys.argv = {argv!r}\n"
+            f"try:\n    runpy.run_path({str(REPO_ROOT / 'train.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n    print('torch loaded:', 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert "r must be a positive integer" in result.stderr and "torch loaded: False" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
