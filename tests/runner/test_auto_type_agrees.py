@@ -21,8 +21,15 @@ def test_records_accept_every_name_and_alias_the_library_accepts():
 
 
 def test_runner_and_records_follow_a_change_of_the_library_rule(monkeypatch):
-    """No local copy: a changed library rule is what both see."""
-    monkeypatch.setattr(moRA, "canonical_mora_type", lambda t, r=None: f"lib.{t}.{r}")
+    """No local copy: both read the library's moRA/types.py (runner.type_rules loads that file without the package's
+    torch imports), so a changed rule there is what both see."""
+    import moRA.types
+    from runner.type_rules import mora_type_rules
+
+    rules = mora_type_rules()
+    assert rules.__file__ == moRA.types.__file__
+    assert rules.canonical_mora_type.__code__.co_code == moRA.types.canonical_mora_type.__code__.co_code
+    monkeypatch.setattr(rules, "canonical_mora_type", lambda t, r=None: f"lib.{t}.{r}")
     assert resolve_auto_mora_type("auto", 8) == "lib.auto.8"
     assert record_mora_type("auto", 8) == "lib.auto.8" and record_mora_type(6, 8) == "lib.6.8"
     assert "-lib.auto.8-" in make_run_id("uuid", "tiny", "mora", 8, "auto", 3e-3, 0)
