@@ -115,7 +115,7 @@ def build_record(*, run_id: str, task: str, adapter: str, r: int | None, mora_ty
         "lr": float(lr),
         "experiment": experiment,
         "sweep": sweep,
-        "config": dict(config),
+        "config": {k: repo_relative(v) if k in ("output_dir", "results_dir") else v for k, v in config.items()},
         "git_commit": git_commit(),
         "packages": package_versions(),
         "params": {"trainable": int(params["trainable"]), "total": int(params["total"]),
@@ -123,15 +123,29 @@ def build_record(*, run_id: str, task: str, adapter: str, r: int | None, mora_ty
         "history": history,
         "final": {k: float(v) for k, v in final.items()},
         "analysis": None if analysis is None else dict(analysis),
-        "samples_dir": samples_dir,
+        "samples_dir": repo_relative(samples_dir),
         "wall_time_s": float(wall_time_s),
         "tokens_per_s": float(tokens_per_s),
         "peak_memory_mb": float(peak_memory if peak_memory is not None else peak_memory_mb()),
-        "output_dir": str(output_dir),
+        "output_dir": repo_relative(output_dir),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     validate_record(record, where=f"record {run_id!r}")
     return record
+
+
+def repo_relative(path: Any) -> Any:
+    """A path inside the repository as a relative one (records are committed: they must not carry one machine's
+    checkout path, e.g. Hydra's absolute multirun folders); other values unchanged."""
+    if path is None or not isinstance(path, (str, Path)):
+        return path
+    candidate = Path(path)
+    if candidate.is_absolute():
+        try:
+            return str(candidate.resolve().relative_to(REPO_ROOT.resolve()))
+        except ValueError:
+            return str(path)
+    return str(path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -88,3 +88,13 @@ def test_provenance_helpers():
     versions = package_versions(["torch", "surely-not-installed-xyz"])
     assert "torch" in versions and "surely-not-installed-xyz" not in versions and "python" in versions
     assert peak_memory_mb() > 10
+
+
+def test_a_record_keeps_paths_inside_the_repository_relative():
+    """Committed records must not carry the checkout's absolute path (Hydra's multirun folders are absolute)."""
+    from runner.record import REPO_ROOT, repo_relative
+
+    assert repo_relative(REPO_ROOT / "outputs" / "multirun" / "x") == "outputs/multirun/x"
+    assert repo_relative(str(REPO_ROOT / "outputs" / "x" / "samples")) == "outputs/x/samples"
+    assert repo_relative("/elsewhere/out") == "/elsewhere/out" and repo_relative(None) is None
+    assert repo_relative("outputs/x") == "outputs/x"
