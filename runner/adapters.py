@@ -14,7 +14,7 @@ default learning rate; used by the config), ``lora_init`` (LoRA: ``asylora`` = A
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -22,7 +22,7 @@ from torch import nn
 
 from runner.errors import ConfigError
 from runner.quantization import check_trainable_on_quantized
-from runner.validation import METHODS, adapter_method, check_rank
+from runner.validation import METHODS, adapter_method, check_adapter_keys, check_rank
 
 # The seven LLaMA projections, read from their one home (the file every configs/adapter/*.yaml includes).
 TARGETS_FILE = Path(__file__).resolve().parents[1] / "configs" / "targets" / "llama.yaml"
@@ -141,15 +141,12 @@ def asylora_init(model: nn.Module, adapter_name: str = "default") -> int:
 
 
 def check_lora_extras(method: str, adapter_cfg: Mapping[str, Any]) -> tuple[str, float | None]:
-    """``(lora_init, loraplus_lr_ratio)`` of a LoRA adapter config; ``ConfigError`` for a bad value or for either key
-    on a method other than LoRA (they would be silently ignored there)."""
+    """``(lora_init, loraplus_lr_ratio)`` of a LoRA adapter config, ``ConfigError`` for a bad value; ``("default",
+    None)`` for another method (whether a key is read by the method at all: ``runner.validation.check_adapter_keys``)."""
     lora_init = str(adapter_cfg.get("lora_init") or "default")
     ratio = adapter_cfg.get("loraplus_lr_ratio")
     if method != "lora":
-        for key in ("lora_init", "loraplus_lr_ratio"):
-            if adapter_cfg.get(key) is not None:
-                raise ConfigError(f"adapter.{key} applies to LoRA only, not to method {method!r}")
-        return lora_init, None
+        return "default", None
     if lora_init not in LORA_INITS:
         raise ConfigError(f"adapter.lora_init={lora_init!r} is not one of {', '.join(LORA_INITS)}")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
@@ -157,13 +154,15 @@ def check_lora_extras(method: str, adapter_cfg: Mapping[str, Any]) -> tuple[str,
     return lora_init, None if ratio is None else float(ratio)
 
 
-def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any) -> tuple[nn.Module, dict[str, Any]]:
+def apply_adapter(model: nn.Module, adapter_cfg: Mapping[str, Any], r: Any,
+                  shared_keys: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """Wrap ``model`` with the adapter of ``adapter_cfg`` at rank ``r`` (``r`` is ignored by fft).
 
     Returns ``(model, info)`` with ``info = {"method", "trainable", "total", "lora_equivalent", "mora_type"}``
     (``mora_type``: the resolved canonical type for MoRA, else ``None``).
     """
     method = adapter_method(adapter_cfg)
+    check_adapter_keys(adapter_cfg, method, shared_keys)
     lora_init, _ = check_lora_extras(method, adapter_cfg)
     try:
         check_trainable_on_quantized(model, method, restart=bool(adapter_cfg.get("restart")))

@@ -14,8 +14,10 @@ import json
 from typing import Any, Mapping
 
 HASH_LENGTH = 8
-# top-level keys: names and places, not settings of the computation
-NON_RESULT_KEYS = ("hydra", "run_id", "output_dir", "results_dir", "resume", "overwrite", "logger", "sweep")
+# top-level keys: names and places, not settings of the computation (shared_adapter_keys only says which keys the
+# adapter check lets through: runner.validation.check_adapter_keys)
+NON_RESULT_KEYS = ("hydra", "run_id", "output_dir", "results_dir", "resume", "overwrite", "logger", "sweep",
+                   "shared_adapter_keys")
 # trainer keys that change how fast or how often something is saved, not what is computed
 NON_RESULT_TRAINER_KEYS = ("num_threads", "dataloader_num_workers", "save_steps", "save_total_limit")
 

@@ -27,8 +27,8 @@ import runner.config  # noqa: F401  (registers the run_id resolver)
 from runner.checkpoints import (RECORD_COPY_NAME, StartPlan, clear_stale, make_readable, plan, plan_start,  # noqa: F401
                                 swap_in_attempt)
 from runner.errors import ConfigError, NonFiniteLossError
-from runner.validation import adapter_method, check_learning_rate, check_rank, check_restart_block, check_seed, \
-    check_trainer_settings
+from runner.validation import adapter_method, check_adapter_keys, check_learning_rate, check_rank, check_restart_block, \
+    check_seed, check_trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
     try:
         method = adapter_method(cfg.adapter)
         check_restart_block(cfg.adapter)
+        for key in check_adapter_keys(cfg.adapter, method, cfg.get("shared_adapter_keys")):
+            log.info("adapter.%s is not read by adapter %s (listed in shared_adapter_keys)", key, cfg.adapter.name)
         seed = check_seed(cfg.seed)
         r = None if method == "fft" else check_rank(cfg.r)
         lr = check_learning_rate(cfg.lr)
@@ -355,7 +357,7 @@ def setup(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), start: float | N
     _check_train_data(data, str(cfg.task.name))
     set_seed(seed)
     check_adapter_fits(model, cfg.adapter, r, values["method"])  # "N parameters (X GB)" before allocating them
-    model, info = apply_adapter(model, cfg.adapter, r)
+    model, info = apply_adapter(model, cfg.adapter, r, shared_keys=cfg.get("shared_adapter_keys") or ())
     log.info(describe_parameters(info, r))
     # ΔW rank analysis (pretraining: singular values of ΔW above task.sv_threshold at the end of the run); the
     # initial weights are kept so that merged (ReMoRA/ReLoRA) and full updates are measured as final − initial.

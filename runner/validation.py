@@ -34,6 +34,53 @@ def check_restart_block(adapter_cfg: Mapping[str, Any]) -> None:
                           f"top-level restart_every / restart_warmup keys)")
 
 
+# The adapter keys each method reads (configs/adapter/*.yaml document them). Any other key would be dropped without a
+# word and the run trained with the default, so it is refused — except another method's key that a file sweeping
+# several adapters lists in its top-level ``shared_adapter_keys`` (e.g. ``mora_type`` set once for MoRA and ReMoRA
+# beside LoRA: configs/experiment/cpu/pretrain_long.yaml); the adapters that do not read it ignore it.
+_COMMON_ADAPTER_KEYS = ("name", "method", "lr")
+_PEFT_ADAPTER_KEYS = ("r", "dropout", "modules_to_save", "target_modules")
+ADAPTER_KEYS = {
+    "fft": (),
+    "lora": (*_PEFT_ADAPTER_KEYS, "alpha", "lora_init", "loraplus_lr_ratio", "restart"),
+    "dora": (*_PEFT_ADAPTER_KEYS, "alpha"),
+    "hira": _PEFT_ADAPTER_KEYS,
+    "miss": _PEFT_ADAPTER_KEYS,
+    "mora": (*_PEFT_ADAPTER_KEYS, "mora_type", "restart"),
+}
+
+
+def check_adapter_keys(adapter_cfg: Mapping[str, Any], method: str, shared: Any = ()) -> list[str]:
+    """Returns the keys of ``adapter_cfg`` that ``method`` does not read but that ``shared`` (a sweep file's
+    ``shared_adapter_keys``) allows; ``ConfigError`` for any other such key: another method's key (naming the methods
+    that read it) or an unknown one (naming the nearest known key)."""
+    import difflib
+
+    name = str(adapter_cfg.get("name", method))
+    known = (*_COMMON_ADAPTER_KEYS, *ADAPTER_KEYS[method])
+    every = sorted({*_COMMON_ADAPTER_KEYS, *(k for keys in ADAPTER_KEYS.values() for k in keys)})
+    shared = [str(k) for k in (shared or ())]
+    for key in shared:
+        if key not in every:
+            raise ConfigError(f"shared_adapter_keys lists {key!r}, which no adapter reads; known: {', '.join(every)}")
+    ignored = []
+    for key in (str(k) for k in adapter_cfg):
+        if key in known:
+            continue
+        owners = [m for m, keys in ADAPTER_KEYS.items() if key in keys]
+        if owners and key in shared:
+            ignored.append(key)
+        elif owners:
+            raise ConfigError(f"adapter.{key} is not read by adapter {name!r} (method {method}); it applies to "
+                              f"({', '.join(owners)}); a file sweeping several adapters lists such keys in "
+                              f"shared_adapter_keys")
+        else:
+            near = difflib.get_close_matches(key, every, n=1, cutoff=0.6)
+            hint = f"did you mean adapter.{near[0]}?" if near else f"known: {', '.join(known)}"
+            raise ConfigError(f"unknown adapter setting adapter.{key} for adapter {name!r}; {hint}")
+    return ignored
+
+
 def check_rank(r: Any) -> int:
     """``r`` as a positive int (an integral float such as 8.0 is accepted), else ``ConfigError`` naming the value."""
     if isinstance(r, float) and r.is_integer():

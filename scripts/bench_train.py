@@ -52,6 +52,20 @@ def peak_memory_mb(device: str = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def adapter_config(method: str, r: int, mora_type: str | None = None) -> dict:
+    """The adapter block train.py would run for ``adapter=<method> r=<r> [adapter.mora_type=<type>]``: composed by
+    Hydra from configs/ (the adapter file with its defaults list, e.g. the target projections)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import runner.config  # noqa: F401  (registers the run_id resolver)
+
+    overrides = [f"adapter={method}", f"r={r}"] + ([f"adapter.mora_type={mora_type}"] if mora_type else [])
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg.adapter, resolve=True)
+
+
 def check_device(device: str) -> str:
     """``device`` if this process can use it, else ``SystemExit`` with one line."""
     import torch
@@ -70,7 +84,6 @@ def build(spec: dict):
     (under bf16 autocast when ``spec["dtype"] == "bf16"``) as a function that returns when the step is done (on CUDA
     it synchronises)."""
     import torch
-    from omegaconf import OmegaConf
 
     from runner.adapters import apply_adapter
     from runner.models import build_model, load_model_config
@@ -81,12 +94,7 @@ def build(spec: dict):
         model_cfg["tokenizer"] = "byte"  # offline: the architecture with byte ids (< 259) as inputs
     device = check_device(spec.get("device", "cpu"))
     model, _ = build_model(model_cfg, seed=0, device=device)
-    adapter_cfg = OmegaConf.to_container(OmegaConf.merge(
-        {"r": spec["r"]}, {"adapter": OmegaConf.load(REPO_ROOT / "configs" / "adapter" / f"{spec['method']}.yaml")}),
-        resolve=True)["adapter"]
-    if spec["mora_type"]:
-        adapter_cfg["mora_type"] = spec["mora_type"]
-    model, info = apply_adapter(model, adapter_cfg, spec["r"])
+    model, info = apply_adapter(model, adapter_config(spec["method"], spec["r"], spec["mora_type"]), spec["r"])
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)

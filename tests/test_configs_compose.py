@@ -6,6 +6,8 @@ import re
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from runner.run import validate_config
+from runner.validation import adapter_method
 from tests.conftest import CONFIG_DIR, compose
 
 GROUPS = ("model", "adapter", "task", "trainer", "logger")
@@ -61,6 +63,8 @@ def test_experiment_composes(experiment):
         del cfg["hydra"]
     plain = _resolved(cfg)
     assert plain["task"]["name"] and plain["adapter"]["name"] and plain["model"]["name"]
+    # the run checks too (adapter keys its method reads, trainer settings, r / lr / seed)
+    assert validate_config(cfg)["method"] == adapter_method(cfg.adapter)
 
 
 @pytest.mark.parametrize("name", ["fft", "lora_r8", "lora_r256", "mora_r8", "mora_r256"])

@@ -100,7 +100,7 @@ def test_bad_lora_extras_are_one_line_errors(changes, message):
     with pytest.raises(ConfigError, match=message) as info:
         apply_adapter(copy.deepcopy(base), cfg, 8)
     assert "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="applies to LoRA only"):
+    with pytest.raises(ConfigError, match=r"adapter.loraplus_lr_ratio is not read by adapter 'mora'.*\(lora\)"):
         apply_adapter(copy.deepcopy(base), {**_adapter("adapter=mora"), "loraplus_lr_ratio": 2}, 8)
 
 

@@ -183,3 +183,45 @@ def test_a_restart_block_on_a_plain_adapter_is_refused(compose_run_config):
         check_run(compose_run_config(*TINY_RUN_OVERRIDES, "adapter=lora", "+adapter.restart.merge_every=400"))
     values = check_run(compose_run_config(*TINY_RUN_OVERRIDES, "adapter=relora", "+restart_every=50"))
     assert values["method"] == "lora"
+
+
+@pytest.mark.parametrize("override, message", [
+    # a typo of a key would otherwise be dropped and the run trained with the default
+    ("+adapter.mora_typ=rope", r"unknown adapter setting adapter.mora_typ.*did you mean adapter.mora_type\?"),
+    ("+adapter.dropuot=0.1", r"unknown adapter setting adapter.dropuot.*did you mean adapter.dropout\?"),
+])
+def test_an_unknown_adapter_key_is_refused(compose_run_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_run(compose_run_config(*TINY_RUN_OVERRIDES, "adapter=mora", override))
+
+
+@pytest.mark.parametrize("adapter, override, owners", [
+    ("lora", "+adapter.mora_type=rope", "mora"),     # LoRA does not read a MoRA type
+    ("mora", "+adapter.alpha=16", "lora, dora"),     # MoRA has no scaling
+    ("hira", "+adapter.mora_type=sharing", "mora"),
+])
+def test_a_key_of_another_adapter_is_refused(compose_run_config, adapter, override, owners):
+    key = override.split("=")[0].lstrip("+")
+    with pytest.raises(ConfigError, match=rf"{key} is not read by adapter '{adapter}'.*\({owners}\)"):
+        check_run(compose_run_config(*TINY_RUN_OVERRIDES, f"adapter={adapter}", override))
+
+
+@pytest.mark.parametrize("adapter", ["fft", "lora", "loraplus", "asylora", "dora", "hira", "miss", "mora", "relora",
+                                     "remora"])
+def test_every_adapter_file_passes_the_key_check(compose_run_config, adapter):
+    assert check_run(compose_run_config(*TINY_RUN_OVERRIDES, f"adapter={adapter}"))["method"]
+
+
+def test_a_sweep_file_lists_the_keys_its_other_adapters_do_not_read(compose_run_config):
+    """cpu/pretrain_long sets adapter.mora_type once for MoRA/ReMoRA and sweeps LoRA/ReLoRA too: allowed because the
+    file lists it in shared_adapter_keys, refused without that list, and the list does not change the run's hash."""
+    from runner.identity import config_hash
+
+    listed = compose_run_config("experiment=cpu/pretrain_long", "adapter=lora")
+    assert check_run(listed)["method"] == "lora"
+    unlisted = compose_run_config("experiment=cpu/pretrain_long", "adapter=lora", "shared_adapter_keys=[]")
+    with pytest.raises(ConfigError, match=r"adapter.mora_type is not read by adapter 'lora'.*shared_adapter_keys"):
+        check_run(unlisted)
+    assert config_hash(listed) == config_hash(unlisted)
+    with pytest.raises(ConfigError, match=r"shared_adapter_keys lists 'mora_typo', which no adapter reads"):
+        check_run(compose_run_config("experiment=cpu/pretrain_long", "adapter=lora", "shared_adapter_keys=[mora_typo]"))
