@@ -29,11 +29,14 @@ import platform
 import sys
 from pathlib import Path
 
-import peft
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runner.console_noise import quiet_known_noise  # noqa: E402  (before PEFT imports bitsandbytes)
+
+quiet_known_noise()
+import peft  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
 import moRA  # noqa: E402
 from moRA import MORA_TYPES, MoraConfig, MoraLayer, mora_rank  # noqa: E402
 from moRA.operators import num_output_blocks  # noqa: E402

@@ -30,6 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from scripts.interleaved_timing import interleaved_min  # noqa: E402
+from runner.console_noise import quiet_known_noise  # noqa: E402  (before PEFT imports bitsandbytes)
+
+quiet_known_noise()
 
 METHODS = [("lora", None), ("mora", "sharing"), ("mora", "rope")]
 DEFAULT_RANKS = {"tiny": [8], "llama_250m": [8, 128]}  # r = 8: the paper's RoPE regime; r = 128: its pretraining rank

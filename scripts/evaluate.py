@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runner.console_noise import quiet_known_noise  # noqa: E402  (before anything imports bitsandbytes)
 
+quiet_known_noise()
 ARGUMENTS = ("run", "tasks", "results_dir")
 
 

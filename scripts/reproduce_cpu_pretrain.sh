@@ -2,7 +2,7 @@
 # CPU reproduction, part "pretraining from scratch" (paper §5.3, Table 3): LoRA, MoRA, ReLoRA, ReMoRA on a 2-layer
 # tiny_scratch LLaMA at r = 21 ≈ d / 6, at two training lengths (configs/experiment/cpu/pretrain_short.yaml: 500
 # steps; cpu/pretrain_long.yaml: 2,000 steps).
-#   Phase 1: each method's lr sweep (5e-4, 1e-3, 2e-3, 4e-3; the selection seed 42) as one Hydra multirun per file.
+#   Phase 1: each method's lr sweep (5e-4 … 8e-3, doubling; the selection seed 42) as one Hydra multirun per file.
 #   Phase 2: each method at its best phase-1 lr (lowest final val ppl on seed 42) with the reporting seeds 43, 44, 45;
 #            the tables report those three (seed 42 only chose the lr).
 # Then rebuilds results/tables and results/figures.

@@ -7,12 +7,14 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from scripts import bench_adapters, bench_train, gpu_goals, interleaved_timing
+from tests.conftest import REPO_ROOT
 
 
 def test_interleaved_rounds_run_every_step_once_per_round_in_rotating_order():
@@ -237,3 +239,45 @@ def test_gpu_check_runs_every_step_and_records_its_status_in_the_summary(tmp_pat
     if code:
         assert proc.stderr.strip().startswith("error: GPU check steps failed: env tests_fp32")
     assert (tmp_path / "gpu_check.log").read_text().count("=== ") == 2 * len(GPU_STEPS)
+
+
+@pytest.mark.parametrize("method, mora_type", [("lora", None), ("mora", "rope")])
+def test_bench_train_measures_the_adapter_block_train_py_runs(method, mora_type):
+    """The adapter file composed with its defaults list (target projections), as train.py composes it."""
+    from tests.conftest import compose
+    from omegaconf import OmegaConf
+
+    overrides = [f"adapter={method}", "r=8"] + ([f"adapter.mora_type={mora_type}"] if mora_type else [])
+    expected = OmegaConf.to_container(compose(overrides).adapter, resolve=True)
+    assert bench_train.adapter_config(method, 8, mora_type) == expected
+    assert "defaults" not in expected and len(expected["target_modules"]) == 7
+
+
+ONE_TINY_STEP = ('{"model": "tiny", "method": "mora", "mora_type": "rope", "r": 4, "batch": 2, "seq": 8, "warmup": 0, '
+                 '"steps": 1, "threads": 1, "device": "cpu", "dtype": "fp32"}')
+
+
+@pytest.mark.parametrize("args", [["bench_adapters.py", "--help"], ["bench_train.py", "--one", ONE_TINY_STEP]],
+                         ids=["bench_adapters", "bench_train"])
+def test_scripts_do_not_print_the_known_bitsandbytes_noise(args):
+    """bitsandbytes' optional-kernel line on AVX512-BF16 CPUs (runner/console_noise.py) stays off the scripts'
+    console as it does off train.py's (both import PEFT, which imports bitsandbytes)."""
+    result = subprocess.run([sys.executable, f"scripts/{args[0]}", *args[1:]], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gemm_4bit_forward" not in result.stdout + result.stderr
+
+
+def test_bench_versions_times_both_versions_of_the_layer_and_writes_a_row_per_case(tmp_path):
+    """Against itself (this checkout as the other version): both load side by side, compute the same output, and
+    each case gets a row with both times and their ratio."""
+    from scripts import bench_versions
+
+    out = tmp_path / "versions.md"
+    assert bench_versions.main(["--before", str(REPO_ROOT), "--shapes", "64x32x8", "--rounds", "1",
+                                "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 64 × 32")]
+    assert [row.split("|")[4].strip() for row in rows] == ["sharing", "rope"]  # r = 128 is skipped on a 32-wide layer
+    assert all(float(row.split("|")[7]) > 0 for row in rows)
+    with pytest.raises(SystemExit, match="holds no moRA/__init__.py"):
+        bench_versions.load_before(tmp_path)

@@ -137,7 +137,7 @@ def test_pretrain_length_files_follow_the_paper_shape(composer, name, steps, mer
     """The two training lengths of the pretraining claim: r ≈ d / 6, sharing MoRA, ReMoRA's two kinds, merges at
     1/5 of training (the paper's 2k of 10k), one shared lr grid reaching below the 300-step optimum."""
     cfg = composer([f"experiment=cpu/{name}"])
-    assert dict(cfg.hydra.sweeper.params) == {"adapter": "lora,mora,relora,remora", "lr": "5e-4,1e-3,2e-3,4e-3"}
+    assert dict(cfg.hydra.sweeper.params) == {"adapter": "lora,mora,relora,remora", "lr": "5e-4,1e-3,2e-3,4e-3,8e-3"}
     assert (cfg.seed, cfg.r, cfg.model.architecture.hidden_size, cfg.model.architecture.num_hidden_layers) == (42, 21, 128, 2)
     assert (cfg.trainer.max_steps, cfg.trainer.warmup_steps) == (steps, warmup)
     assert cfg.sweep == f"cpu_{name}"
@@ -160,4 +160,4 @@ def test_an_including_file_plans_with_the_included_seed_and_model():
     """cpu/pretrain_short includes cpu/pretrain_long: its selection seed (42) and model come from there."""
     base, grid = load_sweep("cpu/pretrain_short")
     assert (base["seed"], base["r"], base["model"], base["task"]) == (42, 21, "tiny_scratch", "pretrain")
-    assert len(grid) == 16
+    assert len(grid) == 20  # 4 adapters × 5 lrs
