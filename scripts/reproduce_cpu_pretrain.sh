@@ -9,9 +9,9 @@
 #
 #   [RESULTS=results] [PYTHON=python] scripts/reproduce_cpu_pretrain.sh [short|long ...] [-- extra Hydra overrides]
 #
-# Resumable (every run has resume=auto). Cost on 2 cores, one thread per run: 28 runs of ~1.5 min (short) and 28 of
+# Resumable (every run has resume=auto). Cost on 2 cores, one thread per run: 32 runs of ~1.5 min (short) and 32 of
 # ~5 min (long). The earlier 300-step file cpu/pretrain (4 layers, r = 16) is kept for its committed records; run it
-# with `python train.py -m experiment=cpu/pretrain` (its ReMoRA records used the four-type cycle).
+# as its file says (its ReMoRA records used the official four-type cycle).
 # SKIP_BUILD=1 skips rebuilding the tables and figures at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
