@@ -111,7 +111,7 @@ def test_pretrain_script_sweeps_every_adapter_then_seeds_each_at_its_best_lr(tmp
             for a in ("lora", "mora", "relora", "remora")]
     assert calls == expected
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
-    assert len(records) == 2 * (16 + 12)
+    assert len(records) == 2 * (20 + 12)  # per length: 4 adapters × 5 lrs on seed 42, then 4 × 3 seeds
     table = (results / "tables" / "pretrain_ppl.md").read_text()
     assert "ReMoRA" in table and "(n=3)" in table and "reported on seeds 43, 44, 45" in table
     assert "experiment cpu/pretrain_short" in table and "experiment cpu/pretrain_long" in table

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from runner.adapters import (LLAMA_PROJECTIONS, apply_adapter, count_parameters, describe_parameters,
                              lora_equivalent_count, target_linears)
 from runner.errors import ConfigError
-from tests.conftest import CONFIG_DIR
+from tests.conftest import compose
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,8 @@ def base():
 
 
 def adapter_cfg(name: str, r: int = 8, **changes):
-    """``configs/adapter/<name>.yaml`` with ``${r}`` resolved."""
-    cfg = OmegaConf.merge({"r": r}, {"adapter": OmegaConf.load(CONFIG_DIR / "adapter" / f"{name}.yaml")})
-    node = OmegaConf.to_container(cfg, resolve=True)["adapter"]
+    """The adapter block of ``adapter=<name> r=<r>`` as train.py composes it (the file and its defaults list)."""
+    node = OmegaConf.to_container(compose([f"adapter={name}", f"r={r}"]).adapter, resolve=True)
     node.update(changes)
     return node
 
