@@ -143,10 +143,10 @@ def asylora_init(model: nn.Module, adapter_name: str = "default") -> int:
 def check_lora_extras(method: str, adapter_cfg: Mapping[str, Any]) -> tuple[str, float | None]:
     """``(lora_init, loraplus_lr_ratio)`` of a LoRA adapter config, ``ConfigError`` for a bad value; ``("default",
     None)`` for another method (whether a key is read by the method at all: ``runner.validation.check_adapter_keys``)."""
-    lora_init = str(adapter_cfg.get("lora_init") or "default")
-    ratio = adapter_cfg.get("loraplus_lr_ratio")
     if method != "lora":
         return "default", None
+    lora_init = str(adapter_cfg.get("lora_init") or "default")
+    ratio = adapter_cfg.get("loraplus_lr_ratio")
     if lora_init not in LORA_INITS:
         raise ConfigError(f"adapter.lora_init={lora_init!r} is not one of {', '.join(LORA_INITS)}")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):

@@ -1,6 +1,7 @@
 """How runs are named and composed: the OmegaConf resolvers of ``configs/config.yaml`` (registered on import of this
 module), the learning-rate spelling shared by run ids and tables (``format_lr``), and the one-line answer to an
-override of a key the config lacks (``unknown_key_message``).
+override of a key the config lacks (``unknown_key_message``), and the composed config of a run for scripts and
+tests (``compose_config``).
 
 ``${run_id:task,model,adapter,r,mora_type,lr,seed}`` names a run from its choices, e.g.
 ``uuid-tiny-mora-r256-sharing-lr3e-3-s42-<hash>``; fft runs drop the rank (``uuid-tiny-fft-lr1e-3-s42-<hash>``).
@@ -12,6 +13,7 @@ The resolver never raises: it runs before the config is validated (Hydra needs t
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -108,3 +110,14 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(overrides=(), return_hydra_config: bool = False):
+    """``configs/config.yaml`` composed with ``overrides`` by Hydra's compose API, as ``train.py`` composes a run
+    (every group file with its defaults list), for scripts and tests that need a run's config without running it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)

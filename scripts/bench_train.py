@@ -56,17 +56,14 @@ def peak_memory_mb(device: str = "cpu") -> float:
 
 
 def adapter_config(method: str, r: int, mora_type: str | None = None) -> dict:
-    """The adapter block train.py would run for ``adapter=<method> r=<r> [adapter.mora_type=<type>]``: composed by
-    Hydra from configs/ (the adapter file with its defaults list, e.g. the target projections)."""
-    from hydra import compose, initialize_config_dir
+    """The adapter block train.py would run for ``adapter=<method> r=<r> [adapter.mora_type=<type>]`` (the adapter
+    file with its defaults list, e.g. the target projections)."""
     from omegaconf import OmegaConf
 
-    import runner.config  # noqa: F401  (registers the run_id resolver)
+    from runner.config import compose_config
 
     overrides = [f"adapter={method}", f"r={r}"] + ([f"adapter.mora_type={mora_type}"] if mora_type else [])
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg.adapter, resolve=True)
+    return OmegaConf.to_container(compose_config(overrides).adapter, resolve=True)
 
 
 def check_device(device: str) -> str:

@@ -101,15 +101,12 @@ def shell_join(argv: Sequence[str]) -> str:
 
 def compose_trainer(overrides: Sequence[str]) -> dict:
     """``cfg.trainer`` of train.py's config with ``overrides`` (Hydra's compose API; nothing is run)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import runner.config  # noqa: F401  (run_id resolver)
+    from runner.config import compose_config
 
     keep = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=keep)
-    return OmegaConf.to_container(cfg.trainer, resolve=True)
+    return OmegaConf.to_container(compose_config(keep).trainer, resolve=True)
 
 
 def batch_plan_for(spec: LaunchSpec):

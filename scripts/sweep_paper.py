@@ -96,13 +96,11 @@ def _check_seeds(seeds: Sequence[int]) -> None:
 @functools.lru_cache(maxsize=None)
 def row_grid(experiment: str) -> dict[str, str]:
     """The grid of one row file: its ``hydra.sweeper.params`` resolved, ``{key: "a,b"}`` ({} when it has none)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import runner.config  # noqa: F401  (run_id resolver)
+    from runner.config import compose_config
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params")
     grid = OmegaConf.to_container(params, resolve=True) if params else {}
     return {str(k): str(v) for k, v in (grid or {}).items()}

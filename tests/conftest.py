@@ -120,14 +120,10 @@ TINY_RUN_OVERRIDES = [
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False):
-    """``configs/config.yaml`` composed with ``overrides`` (Hydra's compose API; the run_id resolver registered)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    """``configs/config.yaml`` composed with ``overrides`` (``runner.config.compose_config``)."""
+    from runner.config import compose_config
 
-    import runner.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides),
-                             return_hydra_config=return_hydra_config)
+    return compose_config(overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture
